@@ -1,0 +1,158 @@
+"""The ``edgesrm`` command line: ask a model, inspect a model file, check the machine."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .engine.backend import KV_TYPES
+from .errors import EdgesrmError
+
+MODEL_HELP = "GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
+
+
+class Cli(click.Group):
+    """Turns user errors into one ``error: ...`` line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgesrmError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgesrm")
+def cli() -> None:
+    """Run small reasoning models on this machine, offline, with llama.cpp.
+
+    \b
+    Examples:
+      edgesrm ask "A train leaves at 3pm and travels 2 hours. When does it arrive?"
+      edgesrm ask --json --seed 1 "What is 17 * 23?"
+      edgesrm info path/to/model.gguf
+      edgesrm doctor
+    """
+
+
+@cli.command()
+@click.argument("question")
+@click.option("-m", "--model", type=click.Path(dir_okay=True), default=None, help=MODEL_HELP)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Most tokens to generate, reasoning included.")
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.6, show_default=True,
+              help="Sampling temperature; 0 means greedy (always the most likely token).")
+@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.95, show_default=True,
+              help="Nucleus sampling: keep the smallest set of tokens with this total probability.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 2), default=None,
+              help="Random seed; the same seed gives the same answer. Default: random (printed).")
+@click.option("--system", default=None, help="System prompt. Default: a step-by-step instruction for "
+              "models without a thinking mode, none for thinking models.")
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=4096, show_default=True,
+              help="Context size in tokens (prompt + reply).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads. Default: physical cores.")
+@click.option("--gpu-layers", type=click.IntRange(min=0), default=None,
+              help="Layers to offload to the GPU. Default: all when this build supports offload, else 0.")
+@click.option("--kv-type", type=click.Choice(list(KV_TYPES)), default="f16", show_default=True,
+              help="KV cache type; q8_0 and q4_0 halve or quarter its memory.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result on stdout instead of streaming.")
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log on stderr.")
+def ask(question: str, model: str | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+        system: str | None, n_ctx: int, threads: int | None, gpu_layers: int | None, kv_type: str,
+        as_json: bool, verbose: bool) -> None:
+    """Answer QUESTION, streaming the model's reasoning (dimmed) and then its answer.
+
+    QUESTION may be "-" to read it from standard input.
+    """
+    from .runtime import load
+
+    if question == "-":
+        question = sys.stdin.read()
+    rt = load(model, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers, kv_type=kv_type,
+              max_sequences=1, verbose=verbose)
+    shown = {"kind": None}
+
+    def stream(kind: str, text: str) -> None:
+        if kind == "answer" and shown["kind"] == "reasoning":
+            click.echo("\n")
+        shown["kind"] = kind
+        click.echo(click.style(text, dim=True) if kind == "reasoning" else text, nl=False)
+
+    with rt:
+        result = rt.ask(question, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                        system=system, on_text=None if as_json else stream)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    click.echo()
+    click.echo(
+        f"[{result.completion_tokens} tokens, {result.tokens_per_s:.1f} tok/s, prompt {result.prompt_tokens} "
+        f"tokens in {result.prefill_s:.2f} s, ended by {result.finish_reason}, seed {result.seed}]",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(model: str | None, as_json: bool) -> None:
+    """Describe a GGUF model file (default: the embedded model) without loading it."""
+    from .info import model_info
+
+    mi = model_info(model)
+    if as_json:
+        click.echo(json.dumps(mi.to_dict()))
+        return
+    rows = [
+        ("file", mi.path),
+        ("name", mi.name),
+        ("architecture", mi.architecture),
+        ("parameters", f"{mi.parameters:,} ({mi.parameters / 1e9:.2f} B)"),
+        ("quantization", mi.quantization),
+        ("file size", f"{mi.file_bytes / 2**20:,.1f} MiB"),
+        ("context length", f"{mi.context_length:,}" if mi.context_length else "unknown"),
+        ("vocabulary", f"{mi.vocab_size:,} tokens"),
+        ("chat template", "yes" if mi.chat_template else "no (ChatML is used)"),
+        ("thinking mode", "yes (<think>...</think>)" if mi.thinking else "no (step-by-step prompt)"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:<15} {value}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def doctor(as_json: bool) -> None:
+    """Report the llama.cpp backend compiled in, CPU features, GPU offload, threads and memory.
+
+    To rebuild llama-cpp-python for a GPU (CUDA, Metal, Vulkan) or OpenBLAS, run
+    `python native/build_llama_cpp.py` from a checkout of edgesrm.
+    """
+    from .doctor import doctor_report
+
+    report = doctor_report()
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    for key, value in report.items():
+        if isinstance(value, list):
+            value = " ".join(value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif value is None:
+            value = "not installed (pip install 'edgesrm[default-model]')"
+        click.echo(f"{key.replace('_', ' '):<24} {value}")
+
+
+def main() -> None:
+    cli(prog_name="edgesrm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Turning token bytes into text safely while streaming.
+
+A token can end in the middle of a multi-byte UTF-8 character, and a stop string can arrive
+split over several tokens; both mean some text must be held back until the next token.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+
+
+class Utf8Stream:
+    """Bytes in, complete characters out: never splits a multi-byte UTF-8 character."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+    def getstate(self) -> tuple[bytes, int]:
+        return self._decoder.getstate()
+
+    def setstate(self, state: tuple[bytes, int]) -> None:
+        self._decoder.setstate(state)
+
+
+class StopScanner:
+    """Finds stop strings in growing text and says how much of it is safe to emit.
+
+    Text that could be the start of a stop string is held back, so a stream never shows
+    part of a stop string that is then cut.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+
+    def find(self, text: str, start: int) -> int:
+        """Index of the earliest stop string that ends after ``start``, or -1."""
+        if not self.stops:
+            return -1
+        longest = max(len(s) for s in self.stops)
+        begin = max(0, start - longest + 1)
+        hits = [i for i in (text.find(s, begin) for s in self.stops) if i >= 0]
+        return min(hits) if hits else -1
+
+    def safe_end(self, text: str) -> int:
+        """Length of the prefix of ``text`` that cannot grow into a stop string."""
+        for k in range(min(len(text), max((len(s) for s in self.stops), default=1) - 1), 0, -1):
+            tail = text[-k:]
+            if any(s.startswith(tail) for s in self.stops):
+                return len(text) - k
+        return len(text)
