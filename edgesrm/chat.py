@@ -129,8 +129,10 @@ class ReasoningSplitter:
             stripped = body.lstrip()
             if stripped.startswith(THINK_OPEN):
                 body = stripped[len(THINK_OPEN) :]
-            elif not self.opened and (final or not THINK_OPEN.startswith(stripped)):
-                return Split("", body.strip(), True)  # answered without thinking
+            elif not self.opened:
+                if final or not THINK_OPEN.startswith(stripped):
+                    return Split("", body.strip(), True)  # answered without thinking
+                return Split("", "", False)  # too early to tell
         at = body.lower().find(self.marker) if not self.thinking else body.find(self.marker)
         if at >= 0:
             answer = body[at + len(self.marker) :].strip()

@@ -67,13 +67,18 @@ def check_gguf(path: Path) -> None:
 
 
 def read_gguf(path: Path):
-    """Open ``path`` with gguf-py's reader (memory-mapped), as one clear error if it is corrupt."""
+    """Open ``path`` with gguf-py's reader (memory-mapped); a damaged file is one clear error."""
     from gguf import GGUFReader
 
     try:
-        return GGUFReader(path, "r")
+        reader = GGUFReader(path, "r")
     except Exception as exc:  # the reader raises ValueError, struct errors, numpy errors...
-        raise EdgesrmError(f"{path} is not a valid GGUF file ({_first_line(exc)})") from None
+        raise EdgesrmError(f"{path} is truncated or corrupt ({_first_line(exc)})") from None
+    size = path.stat().st_size
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > size:
+        raise EdgesrmError(f"{path} is truncated: its tensors need {end:,} bytes but the file has {size:,}")
+    return reader
 
 
 def _first_line(exc: BaseException) -> str:

@@ -82,6 +82,8 @@ class Sequence:
     _emitted: int = 0  # characters of text already given to the callback
     _scan_from: int = 0  # stop strings are searched from here (after forced text)
     _chain: object = None
+    _logits_index: int | None = None  # batch row of the logits it last sampled from
+    _logits_step: int = -1  # ... and the step that row belongs to
     _utf8: Utf8Stream = field(default_factory=Utf8Stream)
     _stops: StopScanner = field(default_factory=lambda: StopScanner(()))
     _on_text: TextCallback | None = None
@@ -373,6 +375,18 @@ class Generation:
         if not seq.finished:
             self._finish(seq, DROPPED)
 
+    def last_logits(self, seq: Sequence) -> np.ndarray:
+        """A copy of the logits ``seq`` sampled its latest token from.
+
+        Valid until the next step; strategies use it for confidence or entropy, tests to
+        compare distributions across batch shapes.
+        """
+        if seq._logits_step != self.timings.steps or seq._logits_index is None:
+            raise EdgesrmError(f"sequence {seq.index} was not sampled in the latest step")
+        llama = self.engine._llama
+        ptr = llama.llama_get_logits_ith(self.engine._ctx, seq._logits_index)
+        return np.ctypeslib.as_array(ptr, shape=(self.engine.n_vocab,)).copy()
+
     @property
     def active(self) -> list[Sequence]:
         return [s for s in self.sequences if not s.finished]
@@ -473,7 +487,8 @@ class Generation:
         logprobs: list[float | None] = [None] * len(outputs)
         if self._want_logprobs:
             logprobs = self._logprobs(indices, chosen)
-        for (seq, _), token, logprob in zip(outputs, chosen, logprobs):
+        for (seq, index), token, logprob in zip(outputs, chosen, logprobs):
+            seq._logits_index, seq._logits_step = index, self.timings.steps + 1
             self._accept(seq, token, logprob)
 
     def _logprobs(self, indices: list[int], chosen: list[int]) -> list[float | None]:
