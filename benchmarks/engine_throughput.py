@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: edgesrm's)")
     args = ap.parse_args()
     ns = [int(x) for x in args.n.split(",")]
+    load_before = os.getloadavg()[0]  # other processes' load makes multi-threaded decode noisy
     rows: list[tuple[str, int, float, float, str]] = []
     for quant in args.quants.split(","):
         eng = Engine(model_for(quant), EngineConfig(n_ctx=4096, n_threads=args.threads, max_sequences=max(16, max(ns))))
@@ -157,7 +158,8 @@ def main() -> None:
                   f"[{min(edge):.0f}-{max(edge):.0f}]  ratio {e / p:.3f}  same tokens: {same}", flush=True)
             rows.append((quant, n, p, e, "yes" if same else "no"))
         eng.close()
-    print(f"\n{machine()}\nmedians of {args.reps} alternating runs, {args.tokens} tokens per sequence\n")
+    print(f"\n{machine()}\nmedians of {args.reps} alternating runs, {args.tokens} tokens per sequence; "
+          f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
     print("| quant | N | plain tok/s | edgesrm tok/s | edgesrm / plain | same tokens |")
     print("|---|---:|---:|---:|---:|:---:|")
     for quant, n, p, e, same in rows:

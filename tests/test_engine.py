@@ -229,3 +229,26 @@ def test_bad_settings_are_clear_errors(model_path):
         EngineConfig(kv_type="q9")
     with pytest.raises(EdgesrmError, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_pause_cuts_the_string_rewinds_and_resumes(engine):
+    gen = engine.start("<|im_start|>user\nCount from 1 to 10.<|im_end|>\n<|im_start|>assistant\n")
+    seq = gen.add(GREEDY, max_tokens=30, pause=["5"])
+    gen.force(seq, "1, 2, 3,")
+    gen.run()  # runs until nothing is active: the sequence is paused, not finished
+    assert seq.paused and seq.paused_on == "5" and not seq.finished
+    text_at_pause = seq.text
+    assert text_at_pause.startswith("1, 2, 3,") and "5" not in text_at_pause and "4" in text_at_pause
+    assert seq.n_sampled + seq.n_forced == len(seq.tokens)
+    # The KV was rewound to match the text: resumed as is, greedy decoding says "5" again.
+    gen.resume(seq)
+    gen.run()
+    assert seq.paused_on == "5" and seq.text == text_at_pause
+    # Forcing other text resumes it from there.
+    gen.configure(seq, pause=[])
+    gen.force(seq, " five,")
+    gen.run()
+    assert seq.finished and seq.text.startswith(text_at_pause + " five,")
+    continuation = seq.text[len(text_at_pause + " five,") :]
+    assert "6" in continuation or "six" in continuation  # it counts on from the forced text
+    gen.close()

@@ -31,10 +31,10 @@ def test_utf8_stream_flush_replaces_an_unfinished_character():
 def test_stop_scanner_finds_earliest_stop_across_the_boundary():
     scanner = StopScanner(["END", "\n\n"])
     text = "abc EN"
-    assert scanner.find(text, 0) == -1
+    assert scanner.find(text, 0) == (-1, None)
     text += "D more\n\n"
     # "END" started before the new text did: it must still be found.
-    assert scanner.find(text, 6) == 4
+    assert scanner.find(text, 6) == (4, "END")
 
 
 def test_stop_scanner_holds_back_possible_prefix():
@@ -46,5 +46,5 @@ def test_stop_scanner_holds_back_possible_prefix():
 
 def test_stop_scanner_without_stops():
     scanner = StopScanner([])
-    assert scanner.find("anything", 0) == -1
+    assert scanner.find("anything", 0) == (-1, None)
     assert scanner.safe_end("anything") == 8

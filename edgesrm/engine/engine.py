@@ -76,6 +76,9 @@ class Sequence:
     started_at: float = 0.0
     finished_at: float = 0.0
     parent: int | None = None  # index of the sequence it was forked from
+    stops: tuple[str, ...] = ()  # strings that end the sequence (cut from the text)
+    pauses: tuple[str, ...] = ()  # strings that pause it (cut, and the KV rewound) until resumed
+    paused_on: str | None = None  # the pause string that paused it, while paused
     # engine state
     _pos: int = 0  # position of the next token to decode
     _pending: list[int] = field(default_factory=list)  # tokens to decode in the next step
@@ -91,6 +94,10 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_on is not None
 
     @property
     def seconds(self) -> float:
@@ -320,12 +327,19 @@ class Generation:
         *,
         max_tokens: int = 512,
         stop: Seq[str] = (),
+        pause: Seq[str] = (),
         on_text: TextCallback | None = None,
     ) -> Sequence:
-        """A new sequence continuing the prompt (its KV cells are shared, not copied)."""
+        """A new sequence continuing the prompt (its KV cells are shared, not copied).
+
+        ``stop`` strings end it; ``pause`` strings stop it without ending it: the string is
+        cut, the sequence waits until ``force`` or ``resume`` (budget forcing replaces a
+        model's ``</think>`` with "Wait" this way).
+        """
         if max_tokens < 1:
             raise EdgesrmError(f"max_tokens must be at least 1, got {max_tokens}")
-        seq = self._new_sequence(sampling, max_tokens, stop, on_text)
+        seq = self._new_sequence(sampling, max_tokens, on_text)
+        self.configure(seq, stop=stop, pause=pause)
         n = len(self.prompt_tokens)
         if self._prompt_logits_fresh:
             # Sampled straight from the prefill logits in the next step.
@@ -342,7 +356,9 @@ class Generation:
         """A copy of ``parent`` as it is now, that goes on sampling on its own from here."""
         if parent.finished:
             raise EdgesrmError(f"cannot fork sequence {parent.index}: it has finished ({parent.finish_reason})")
-        seq = self._new_sequence(sampling or parent.sampling, parent.max_tokens, parent._stops.stops, on_text)
+        seq = self._new_sequence(sampling or parent.sampling, parent.max_tokens, on_text)
+        self.configure(seq, stop=parent.stops, pause=parent.pauses)
+        seq.paused_on = parent.paused_on
         self.engine._llama.llama_memory_seq_cp(self.engine._memory, parent.seq_id, seq.seq_id, -1, -1)
         seq.parent = parent.index
         seq.tokens = list(parent.tokens)
@@ -362,6 +378,7 @@ class Generation:
         """
         if seq.finished:
             raise EdgesrmError(f"cannot force text into sequence {seq.index}: it has finished")
+        seq.paused_on = None
         tokens = self.engine.tokenize(text, add_special=False, parse_special=True)
         seq._pending.extend(tokens)
         seq.tokens.extend(tokens)
@@ -369,6 +386,24 @@ class Generation:
         seq.n_forced += len(tokens)
         self._append_text(seq, b"".join(self.engine.piece(t) for t in tokens), forced=True)
         return tokens
+
+    def resume(self, seq: Sequence) -> None:
+        """Let a paused sequence go on generating."""
+        seq.paused_on = None
+
+    def configure(
+        self, seq: Sequence, *, stop: Seq[str] | None = None, pause: Seq[str] | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        """Change a live sequence's stop strings, pause strings or token limit."""
+        if stop is not None:
+            seq.stops = tuple(s for s in stop if s)
+        if pause is not None:
+            seq.pauses = tuple(s for s in pause if s)
+        if stop is not None or pause is not None:
+            seq._stops = StopScanner(seq.stops + seq.pauses)
+        if max_tokens is not None:
+            seq.max_tokens = max_tokens
 
     def drop(self, seq: Sequence) -> None:
         """End ``seq`` now and free its KV cells for the others."""
@@ -389,7 +424,7 @@ class Generation:
 
     @property
     def active(self) -> list[Sequence]:
-        return [s for s in self.sequences if not s.finished]
+        return [s for s in self.sequences if not s.finished and not s.paused]
 
     # -- decoding -------------------------------------------------------------------
 
@@ -462,7 +497,7 @@ class Generation:
 
     # -- internals ------------------------------------------------------------------
 
-    def _new_sequence(self, sampling, max_tokens, stop, on_text) -> Sequence:
+    def _new_sequence(self, sampling, max_tokens, on_text) -> Sequence:
         if self._closed:
             raise EdgesrmError("this generation is closed: start a new one")
         if not self._free_ids:
@@ -472,7 +507,6 @@ class Generation:
             )
         seq = Sequence(index=len(self.sequences), seq_id=self._free_ids.pop(), sampling=sampling, max_tokens=max_tokens)
         seq._chain = make_chain(sampling)
-        seq._stops = StopScanner(stop)
         seq._on_text = on_text
         seq.started_at = time.perf_counter()
         self.sequences.append(seq)
@@ -525,12 +559,38 @@ class Generation:
             seq._scan_from = len(seq.text)
             self._emit(seq, len(seq.text))
             return
-        hit = seq._stops.find(seq.text, max(before, seq._scan_from))
-        if hit >= 0:
+        hit, string = seq._stops.find(seq.text, max(before, seq._scan_from))
+        if hit < 0:
+            self._emit(seq, seq._stops.safe_end(seq.text))
+        elif string in seq.pauses:
+            self._rewind_to(seq, hit)
+            seq.paused_on = string
+        else:
             seq.text = seq.text[:hit]
             self._finish(seq, STOP)
-        else:
-            self._emit(seq, seq._stops.safe_end(seq.text))
+
+    def _rewind_to(self, seq: Sequence, chars: int) -> None:
+        """Drop the newest tokens until the text is at most ``chars`` long; rewind the KV.
+
+        The last kept token goes back to pending: its logits were overwritten by later
+        decodes, so it is decoded once more before the sequence samples again.
+        """
+        engine = self.engine
+        keep = len(seq.tokens)
+        while keep > 0 and len(engine.detokenize(seq.tokens[:keep])) > chars:
+            keep -= 1
+        removed = seq.logprobs[keep:]
+        seq.n_forced -= sum(lp is None for lp in removed)
+        seq.n_sampled -= len(removed) - sum(lp is None for lp in removed)
+        del seq.tokens[keep:], seq.logprobs[keep:]
+        seq._utf8 = Utf8Stream()
+        seq.text = seq._utf8.push(b"".join(engine.piece(t) for t in seq.tokens))
+        seq._emitted = min(seq._emitted, len(seq.text))
+        seq._scan_from = min(seq._scan_from, len(seq.text))
+        all_tokens = self.prompt_tokens + seq.tokens
+        seq._pos = len(all_tokens) - 1
+        seq._pending = [all_tokens[-1]]
+        engine._llama.llama_memory_seq_rm(engine._memory, seq.seq_id, seq._pos, -1)
 
     def _emit(self, seq: Sequence, end: int) -> None:
         if end > seq._emitted:

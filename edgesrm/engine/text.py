@@ -39,14 +39,18 @@ class StopScanner:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(s for s in stops if s)
 
-    def find(self, text: str, start: int) -> int:
-        """Index of the earliest stop string that ends after ``start``, or -1."""
+    def find(self, text: str, start: int) -> tuple[int, str | None]:
+        """The earliest stop string that ends after ``start``: (index, string), or (-1, None)."""
+        best: tuple[int, str | None] = (-1, None)
         if not self.stops:
-            return -1
+            return best
         longest = max(len(s) for s in self.stops)
         begin = max(0, start - longest + 1)
-        hits = [i for i in (text.find(s, begin) for s in self.stops) if i >= 0]
-        return min(hits) if hits else -1
+        for stop in self.stops:
+            i = text.find(stop, begin)
+            if i >= 0 and (best[0] < 0 or i < best[0]):
+                best = (i, stop)
+        return best
 
     def safe_end(self, text: str) -> int:
         """Length of the prefix of ``text`` that cannot grow into a stop string."""
