@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .chat import ChatFormat
-from .models import read_gguf, resolve_model
+from .models import check_complete, read_header, resolve_model
 
 
 @dataclass(frozen=True)
@@ -32,31 +32,25 @@ def model_info(model: str | Path | None) -> ModelInfo:
     import gguf
 
     path = resolve_model(model)
-    reader = read_gguf(path)
-
-    def field(key: str, default=None):
-        f = reader.get_field(key)
-        return f.contents() if f is not None else default
-
-    arch = field("general.architecture", "unknown")
-    file_type = field("general.file_type")
+    header = read_header(path)
+    check_complete(path, header)
+    meta = header.metadata
+    arch = str(meta.get("general.architecture", "unknown"))
     try:
-        quant = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
-    except ValueError:
-        quant = None
-    if quant is None:  # older files: name the most common tensor type
-        quant = collections.Counter(t.tensor_type.name for t in reader.tensors).most_common(1)[0][0]
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    template = field("tokenizer.chat_template")
+        quant = gguf.LlamaFileType(meta["general.file_type"]).name.removeprefix("MOSTLY_")
+    except (KeyError, ValueError):  # older files: name the most common tensor type
+        common = collections.Counter(t.ggml_type for t in header.tensors).most_common(1)
+        quant = gguf.GGMLQuantizationType(common[0][0]).name if common else "unknown"
+    template = meta.get("tokenizer.chat_template")
     return ModelInfo(
         path=str(path),
-        name=field("general.name", path.stem),
+        name=str(meta.get("general.name", path.stem)),
         architecture=arch,
-        parameters=sum(int(t.n_elements) for t in reader.tensors),
+        parameters=sum(t.n_elements for t in header.tensors),
         quantization=quant,
         file_bytes=path.stat().st_size,
-        context_length=field(f"{arch}.context_length"),
-        vocab_size=len(tokens.data) if tokens is not None else 0,
-        chat_template=template is not None,
-        thinking=ChatFormat(template).thinking,
+        context_length=meta.get(f"{arch}.context_length"),
+        vocab_size=int(meta.get("tokenizer.ggml.tokens", 0)),
+        chat_template=isinstance(template, str),
+        thinking=ChatFormat(template if isinstance(template, str) else None).thinking,
     )

@@ -7,7 +7,10 @@ tensor-data extent here turns that into one clear sentence.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EdgesrmError
@@ -41,17 +44,12 @@ def default_model_path() -> Path:
 def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     """Return a checked path to a GGUF file; ``None`` means the embedded default model."""
     path = default_model_path() if model is None else Path(model).expanduser()
-    check_gguf(path)
+    check_complete(path, read_header(path))
     return path
 
 
 def check_gguf(path: Path) -> None:
-    """Raise ``EdgesrmError`` unless ``path`` is a readable file that starts like a GGUF.
-
-    Deeper damage (a truncated download, a corrupt header) is caught by llama.cpp's loader,
-    whose message the engine passes on; parsing the whole header here would cost seconds
-    on every load for large vocabularies.
-    """
+    """Raise ``EdgesrmError`` unless ``path`` is a readable file that starts like a GGUF."""
     if not path.exists():
         raise EdgesrmError(f"model file not found: {path}")
     if path.is_dir():
@@ -66,21 +64,113 @@ def check_gguf(path: Path) -> None:
         raise EdgesrmError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
 
 
-def read_gguf(path: Path):
-    """Open ``path`` with gguf-py's reader (memory-mapped); a damaged file is one clear error."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path, "r")
-    except Exception as exc:  # the reader raises ValueError, struct errors, numpy errors...
-        raise EdgesrmError(f"{path} is truncated or corrupt ({_first_line(exc)})") from None
-    size = path.stat().st_size
-    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    if end > size:
-        raise EdgesrmError(f"{path} is truncated: its tensors need {end:,} bytes but the file has {size:,}")
-    return reader
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+# GGUF value types (gguf-py's GGUFValueType) -> struct format of a scalar of that type.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int  # from the start of the data section
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def n_bytes(self) -> int:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
+        return self.n_elements // block * size
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """Metadata and tensor table of a GGUF file; arrays are kept as their length only."""
+
+    metadata: dict[str, object]
+    tensors: list[TensorInfo]
+    data_offset: int
+
+
+def read_header(path: Path) -> GGUFHeader:
+    """Parse a GGUF header in milliseconds, as one clear error if it is damaged.
+
+    gguf-py's reader builds objects for every vocabulary entry (seconds for a 150k vocab);
+    planning memory and ``edgesrm info`` need only scalars and the tensor table.
+    """
+    check_gguf(path)
+    try:
+        with open(path, "rb") as f:
+            return _parse_header(f, path)
+    except (struct.error, UnicodeDecodeError, OverflowError, MemoryError, ValueError) as exc:
+        raise EdgesrmError(f"{path} is truncated or corrupt ({_first_line(exc)})") from None
+
+
+def _parse_header(f, path: Path) -> GGUFHeader:
+    def read(fmt: str):
+        size = struct.calcsize("<" + fmt)
+        data = f.read(size)
+        if len(data) < size:
+            raise EdgesrmError(f"{path} is truncated (its header ends early)")
+        return struct.unpack("<" + fmt, data)[0]
+
+    def read_string() -> str:
+        n = read("Q")
+        data = f.read(n)
+        if len(data) < n:
+            raise EdgesrmError(f"{path} is truncated (its header ends early)")
+        return data.decode("utf-8")
+
+    def skip(vtype: int, count: int = 1) -> None:
+        if vtype == _STRING:
+            for _ in range(count):
+                f.seek(read("Q"), os.SEEK_CUR)
+        elif vtype in _SCALARS:
+            f.seek(count * struct.calcsize(_SCALARS[vtype]), os.SEEK_CUR)
+        else:
+            raise ValueError(f"unknown metadata type {vtype}")
+
+    f.read(4)  # magic, checked by check_gguf
+    read("I")  # version
+    n_tensors, n_kv = read("Q"), read("Q")
+    if n_tensors > 10**7 or n_kv > 10**7:
+        raise ValueError(f"implausible counts: {n_tensors} tensors, {n_kv} metadata keys")
+    meta: dict[str, object] = {}
+    for _ in range(n_kv):
+        key, vtype = read_string(), read("I")
+        if vtype == _STRING:
+            meta[key] = read_string()
+        elif vtype == _ARRAY:
+            item_type, count = read("I"), read("Q")
+            skip(item_type, count)
+            meta[key] = count
+        elif vtype in _SCALARS:
+            meta[key] = read(_SCALARS[vtype])
+        else:
+            raise ValueError(f"unknown metadata type {vtype}")
+    tensors = []
+    for _ in range(n_tensors):
+        name = read_string()
+        shape = tuple(read("Q") for _ in range(read("I")))
+        tensors.append(TensorInfo(name, shape, read("I"), read("Q")))
+    alignment = int(meta.get("general.alignment", 32))
+    data_offset = -(-f.tell() // alignment) * alignment
+    return GGUFHeader(meta, tensors, data_offset)
+
+
+def check_complete(path: Path, header: GGUFHeader) -> None:
+    """Raise unless every tensor's data lies inside the file (an interrupted download)."""
+    size = path.stat().st_size
+    end = max((header.data_offset + t.offset + t.n_bytes for t in header.tensors), default=0)
+    if end > size:
+        raise EdgesrmError(f"{path} is truncated: its tensors need {end:,} bytes but the file has {size:,}")
