@@ -7,7 +7,9 @@
 """
 
 from .errors import EdgesrmError
-from .runtime import AskResult, Runtime, load
+from .budget import Budget
+from .runtime import Runtime, load
+from .strategies import Result
 
 __version__ = "0.1.0"
-__all__ = ["load", "Runtime", "AskResult", "EdgesrmError", "__version__"]
+__all__ = ["load", "Runtime", "Result", "Budget", "EdgesrmError", "__version__"]

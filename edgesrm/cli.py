@@ -9,6 +9,7 @@ import click
 
 from . import __version__
 from .engine.backend import KV_TYPES
+from .strategies import STRATEGIES
 from .errors import EdgesrmError
 
 MODEL_HELP = "GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
@@ -42,11 +43,29 @@ def cli() -> None:
     """
 
 
+STRATEGY_HELP = (
+    "How to reason: direct (no reasoning), cot (one chain of thought), budget (thinking capped by "
+    "--budget-tokens/--deadline, extended with 'Wait'), sc (self-consistency over --n paths decoded in one "
+    "batch, with early stopping), plan (plan, then solve), reflect (draft, critique, revise), auto (chosen "
+    "from the budget and this machine's measured speed)."
+)
+
+
 @cli.command()
 @click.argument("question")
 @click.option("-m", "--model", type=click.Path(dir_okay=True), default=None, help=MODEL_HELP)
+@click.option("-s", "--strategy", type=click.Choice(list(STRATEGIES)), default="cot", show_default=True,
+              help=STRATEGY_HELP)
+@click.option("-n", "--n", "n_paths", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+              help="Paths for sc (and the most auto may use).")
+@click.option("--budget-tokens", type=click.IntRange(min=1), default=None,
+              help="Most tokens to generate, all paths together.")
+@click.option("--deadline", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Seconds: an answer is returned before this (the clock starts once the model is loaded).")
+@click.option("--memory", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="MB of memory to stay within: context, KV cache type, batch and paths are chosen to fit.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Most tokens to generate, reasoning included.")
+              help="Most tokens per path, reasoning included.")
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.6, show_default=True,
               help="Sampling temperature; 0 means greedy (always the most likely token).")
 @click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.95, show_default=True,
@@ -55,8 +74,12 @@ def cli() -> None:
               help="Random seed; the same seed gives the same answer. Default: random (printed).")
 @click.option("--system", default=None, help="System prompt. Default: a step-by-step instruction for "
               "models without a thinking mode, none for thinking models.")
-@click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=4096, show_default=True,
-              help="Context size in tokens (prompt + reply).")
+@click.option("--weighted", is_flag=True, help="sc: weight votes by path confidence and stop unsure paths (DeepConf).")
+@click.option("--no-early-stop", is_flag=True, help="sc: always finish all --n paths.")
+@click.option("--waits", type=click.IntRange(min=0), default=1, show_default=True,
+              help="budget: times 'Wait' may extend thinking that ends with budget left.")
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=None,
+              help="Context size in tokens, all paths together. Default: enough for the paths and --max-tokens.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads. Default: physical cores.")
 @click.option("--gpu-layers", type=click.IntRange(min=0), default=None,
               help="Layers to offload to the GPU. Default: all when this build supports offload, else 0.")
@@ -64,19 +87,27 @@ def cli() -> None:
               help="KV cache type; q8_0 and q4_0 halve or quarter its memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result on stdout instead of streaming.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log on stderr.")
-def ask(question: str, model: str | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
-        system: str | None, n_ctx: int, threads: int | None, gpu_layers: int | None, kv_type: str,
-        as_json: bool, verbose: bool) -> None:
+def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_tokens: int | None,
+        deadline: float | None, memory: float | None, max_tokens: int, temperature: float, top_p: float,
+        seed: int | None, system: str | None, weighted: bool, no_early_stop: bool, waits: int,
+        n_ctx: int | None, threads: int | None, gpu_layers: int | None, kv_type: str, as_json: bool,
+        verbose: bool) -> None:
     """Answer QUESTION, streaming the model's reasoning (dimmed) and then its answer.
 
-    QUESTION may be "-" to read it from standard input.
+    QUESTION may be "-" to read it from standard input. With several paths (sc, auto) each
+    path's answer is listed on stderr as it ends, then the voted answer is printed.
     """
+    from .budget import Budget
     from .runtime import load
 
     if question == "-":
         question = sys.stdin.read()
+    budget = Budget(max_tokens=budget_tokens, deadline_s=deadline, memory_mb=memory)
+    paths = n_paths if strategy in ("sc", "auto") else 1
+    if n_ctx is None:
+        n_ctx = 1024 + paths * max_tokens
     rt = load(model, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers, kv_type=kv_type,
-              max_sequences=1, verbose=verbose)
+              max_sequences=paths, memory_mb=memory, verbose=verbose)
     shown = {"kind": None}
 
     def stream(kind: str, text: str) -> None:
@@ -86,15 +117,25 @@ def ask(question: str, model: str | None, max_tokens: int, temperature: float, t
         click.echo(click.style(text, dim=True) if kind == "reasoning" else text, nl=False)
 
     with rt:
-        result = rt.ask(question, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                        system=system, on_text=None if as_json else stream)
+        result = rt.ask(question, strategy=strategy, n=n_paths, budget=budget, max_tokens=max_tokens,
+                        temperature=temperature, top_p=top_p, seed=seed, system=system, early_stop=not no_early_stop,
+                        weighted=weighted, waits=waits, on_text=None if as_json else stream)
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
-    click.echo()
+    if len(result.paths) > 1:
+        for p in result.paths:
+            click.echo(f"  path {p.index}: {p.answer!s:>12}  {p.tokens:4d} tokens  {p.finish_reason}", err=True)
+        votes = ", ".join(f"{a}: {v:g}" for a, v in result.votes.items())
+        click.echo(f"votes: {votes or 'none'}", err=True)
+        click.echo(result.answer if result.answer else (result.extracted or "(no answer)"))
+    else:
+        click.echo()
+    late = " (deadline missed)" if result.deadline_missed else ""
     click.echo(
-        f"[{result.completion_tokens} tokens, {result.tokens_per_s:.1f} tok/s, prompt {result.prompt_tokens} "
-        f"tokens in {result.prefill_s:.2f} s, ended by {result.finish_reason}, seed {result.seed}]",
+        f"[{result.strategy}: {result.completion_tokens} tokens, {result.tokens_per_s:.1f} tok/s, prompt "
+        f"{result.prompt_tokens} tokens in {result.prefill_s:.2f} s, {result.total_s:.2f} s in all{late}, "
+        f"ended by {result.finish_reason}, seed {result.seed}]",
         err=True,
     )
 

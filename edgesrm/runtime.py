@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .budget import Budget, Deadline, plan_memory
 from .chat import ChatFormat
 from .engine import Engine, EngineConfig, SamplingParams, set_verbose
 from .errors import EdgesrmError
+from .models import resolve_model
+from .strategies import Result, Task, auto, run_strategy
+from .strategies.base import StreamCallback
 
-StreamCallback = Callable[[str, str], None]  # (kind: "reasoning" | "answer", text)
-
-
-@dataclass
-class AskResult:
-    """One answered question, with what it cost."""
-
-    question: str
-    answer: str
-    reasoning: str
-    text: str  # the whole reply as generated
-    finish_reason: str  # eos, stop, length, context
-    prompt_tokens: int
-    completion_tokens: int
-    prefill_s: float
-    decode_s: float
-    total_s: float
-    model: str
-    seed: int
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.decode_s if self.decode_s > 0 else 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"tokens_per_s": round(self.tokens_per_s, 2)}
+DEFAULT_CTX = 4096
 
 
 class Runtime:
@@ -59,6 +35,9 @@ class Runtime:
         self,
         question: str,
         *,
+        strategy: str = "cot",
+        n: int = 8,
+        budget: Budget | None = None,
         max_tokens: int = 512,
         temperature: float = 0.6,
         top_p: float = 0.95,
@@ -66,50 +45,37 @@ class Runtime:
         min_p: float = 0.05,
         seed: int | None = None,
         system: str | None = None,
+        early_stop: bool = True,
+        weighted: bool = False,
+        waits: int = 1,
         on_text: StreamCallback | None = None,
-    ) -> AskResult:
-        """Answer ``question`` after reasoning about it.
+    ) -> Result:
+        """Answer ``question`` with a reasoning ``strategy`` (see ``edgesrm.strategies``).
 
-        ``on_text(kind, text)`` streams the reply as it is generated, ``kind`` being
-        ``"reasoning"`` or ``"answer"``.
+        ``n`` is the number of paths for ``sc``; ``budget`` caps tokens (all paths
+        together) and wall-clock time (an answer is returned before the deadline);
+        ``on_text(kind, text)`` streams single-path strategies as they generate, ``kind``
+        being ``"reasoning"`` or ``"answer"``.
         """
+        budget = budget or Budget()
+        if strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
+            auto.prepare(self.engine, n)  # speed measured once, before the clock starts
+        deadline = Deadline(budget.deadline_s)  # the clock starts now, before the prompt
         if not question.strip():
             raise EdgesrmError("the question is empty")
-        started = time.perf_counter()
+        if n < 1:
+            raise EdgesrmError(f"the number of paths must be at least 1, got {n}")
+        if max_tokens < 1:
+            raise EdgesrmError(f"max_tokens must be at least 1, got {max_tokens}")
         if seed is None:
             seed = random.randrange(2**31)  # reported in the result, so any answer can be replayed
-        prompt = self.chat.reasoning_prompt(question, system)
-        splitter = self.chat.splitter(prompt)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-
-        def stream(_seq, delta: str) -> None:
-            for kind, piece in splitter.feed(delta):
-                on_text(kind, piece)
-
-        generation = self.engine.start(prompt)
-        try:
-            seq = generation.add(sampling, max_tokens=max_tokens, on_text=stream if on_text else None)
-            generation.run()
-        finally:
-            generation.close()
-        if on_text:
-            for kind, piece in splitter.finish():
-                on_text(kind, piece)
-        split = splitter.split(seq.text)
-        return AskResult(
-            question=question,
-            answer=split.answer,
-            reasoning=split.reasoning,
-            text=seq.text,
-            finish_reason=seq.finish_reason or "",
-            prompt_tokens=generation.timings.prompt_tokens,
-            completion_tokens=seq.n_sampled,
-            prefill_s=generation.timings.prefill_s,
-            decode_s=generation.timings.decode_s,
-            total_s=time.perf_counter() - started,
-            model=self.engine.model_path.name,
-            seed=seed,
+        task = Task(
+            engine=self.engine, chat=self.chat, question=question, sampling=sampling, budget=budget, n=n,
+            max_tokens=max_tokens, system=system, on_text=on_text, deadline=deadline, early_stop=early_stop,
+            weighted=weighted, waits=waits,
         )
+        return run_strategy(strategy, task)
 
     def close(self) -> None:
         self.engine.close()
@@ -124,16 +90,25 @@ class Runtime:
 def load(
     model: str | Path | None = None,
     *,
-    n_ctx: int = 4096,
+    n_ctx: int = DEFAULT_CTX,
     threads: int | None = None,
     gpu_layers: int | None = None,
     kv_type: str = "f16",
     max_sequences: int = 16,
+    memory_mb: float | None = None,
     verbose: bool = False,
 ) -> Runtime:
-    """Load a GGUF model (``None``: the embedded SmolLM2-135M-Instruct) and return a Runtime."""
+    """Load a GGUF model (``None``: the embedded SmolLM2-135M-Instruct) and return a Runtime.
+
+    With ``memory_mb``, the context size, KV cache type, batch and number of parallel
+    sequences are chosen (before loading) so that the estimated peak fits.
+    """
     set_verbose(verbose)
-    config = EngineConfig(
-        n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type, max_sequences=max_sequences
-    )
-    return Runtime(Engine(model, config))
+    path = resolve_model(model)
+    n_batch = 512
+    if memory_mb is not None:
+        plan = plan_memory(path, memory_mb, n_ctx=n_ctx, n_seqs=max_sequences, kv_type=kv_type)
+        n_ctx, kv_type, max_sequences, n_batch = plan.n_ctx, plan.kv_type, plan.n_seqs, plan.n_batch
+    config = EngineConfig(n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
+                          max_sequences=max_sequences, n_batch=n_batch)
+    return Runtime(Engine(path, config))

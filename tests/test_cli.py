@@ -33,7 +33,8 @@ def test_ask_json_gives_one_machine_readable_result():
     assert result["seed"] == 7
     assert 0 < result["completion_tokens"] <= 24
     assert result["prompt_tokens"] > 5
-    assert result["finish_reason"] in ("eos", "length")
+    assert result["finish_reason"] in ("answered", "eos", "length")
+    assert result["strategy"] == "cot" and len(result["paths"]) == 1
     assert result["answer"] or result["reasoning"]
     again = json.loads(edgesrm("ask", "--json", "--seed", "7", "--max-tokens", "24", "What is 2 + 3?").stdout)
     assert again["text"] == result["text"]  # same seed, same answer
@@ -128,6 +129,18 @@ def test_bad_options_are_usage_errors(args):
     proc = edgesrm(*args)
     assert_one_line_error(proc)
     assert proc.returncode == 2
+
+
+def test_sc_lists_paths_and_votes():
+    proc = edgesrm("ask", "-s", "sc", "-n", "4", "--seed", "3", "--max-tokens", "64", "What is 2 + 3?")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("path ") >= 1 and "votes:" in proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_memory_budget_too_small_says_what_would_fit():
+    proc = edgesrm("ask", "--memory", "20", "hi")
+    assert_one_line_error(proc, "does not fit in 20 MB", "allow at least")
 
 
 def test_empty_question():

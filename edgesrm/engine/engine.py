@@ -79,6 +79,7 @@ class Sequence:
     stops: tuple[str, ...] = ()  # strings that end the sequence (cut from the text)
     pauses: tuple[str, ...] = ()  # strings that pause it (cut, and the KV rewound) until resumed
     paused_on: str | None = None  # the pause string that paused it, while paused
+    pause_on_eos: bool = False  # pause (paused_on == EOS) instead of ending at end-of-generation
     # engine state
     _pos: int = 0  # position of the next token to decode
     _pending: list[int] = field(default_factory=list)  # tokens to decode in the next step
@@ -328,18 +329,20 @@ class Generation:
         max_tokens: int = 512,
         stop: Seq[str] = (),
         pause: Seq[str] = (),
+        pause_on_eos: bool = False,
         on_text: TextCallback | None = None,
     ) -> Sequence:
         """A new sequence continuing the prompt (its KV cells are shared, not copied).
 
         ``stop`` strings end it; ``pause`` strings stop it without ending it: the string is
         cut, the sequence waits until ``force`` or ``resume`` (budget forcing replaces a
-        model's ``</think>`` with "Wait" this way).
+        model's ``</think>`` with "Wait" this way). ``pause_on_eos`` does the same for the
+        end-of-generation token, so that a strategy can still ask for an answer.
         """
         if max_tokens < 1:
             raise EdgesrmError(f"max_tokens must be at least 1, got {max_tokens}")
         seq = self._new_sequence(sampling, max_tokens, on_text)
-        self.configure(seq, stop=stop, pause=pause)
+        self.configure(seq, stop=stop, pause=pause, pause_on_eos=pause_on_eos)
         n = len(self.prompt_tokens)
         if self._prompt_logits_fresh:
             # Sampled straight from the prefill logits in the next step.
@@ -357,7 +360,7 @@ class Generation:
         if parent.finished:
             raise EdgesrmError(f"cannot fork sequence {parent.index}: it has finished ({parent.finish_reason})")
         seq = self._new_sequence(sampling or parent.sampling, parent.max_tokens, on_text)
-        self.configure(seq, stop=parent.stops, pause=parent.pauses)
+        self.configure(seq, stop=parent.stops, pause=parent.pauses, pause_on_eos=parent.pause_on_eos)
         seq.paused_on = parent.paused_on
         self.engine._llama.llama_memory_seq_cp(self.engine._memory, parent.seq_id, seq.seq_id, -1, -1)
         seq.parent = parent.index
@@ -393,9 +396,9 @@ class Generation:
 
     def configure(
         self, seq: Sequence, *, stop: Seq[str] | None = None, pause: Seq[str] | None = None,
-        max_tokens: int | None = None,
+        max_tokens: int | None = None, pause_on_eos: bool | None = None,
     ) -> None:
-        """Change a live sequence's stop strings, pause strings or token limit."""
+        """Change a live sequence's stop strings, pause strings, token limit or EOS pausing."""
         if stop is not None:
             seq.stops = tuple(s for s in stop if s)
         if pause is not None:
@@ -404,11 +407,13 @@ class Generation:
             seq._stops = StopScanner(seq.stops + seq.pauses)
         if max_tokens is not None:
             seq.max_tokens = max_tokens
+        if pause_on_eos is not None:
+            seq.pause_on_eos = pause_on_eos
 
-    def drop(self, seq: Sequence) -> None:
-        """End ``seq`` now and free its KV cells for the others."""
+    def drop(self, seq: Sequence, reason: str = DROPPED) -> None:
+        """End ``seq`` now (``reason`` becomes its finish reason) and free its KV cells."""
         if not seq.finished:
-            self._finish(seq, DROPPED)
+            self._finish(seq, reason)
 
     def last_logits(self, seq: Sequence) -> np.ndarray:
         """A copy of the logits ``seq`` sampled its latest token from.
@@ -538,7 +543,11 @@ class Generation:
     def _accept(self, seq: Sequence, token: int, logprob: float | None) -> None:
         engine = self.engine
         if engine.is_eog(token):
-            self._finish(seq, EOS)
+            if seq.pause_on_eos:
+                self._rewind_to(seq, len(seq.text))  # keeps every token; the last is decoded again
+                seq.paused_on = EOS
+            else:
+                self._finish(seq, EOS)
             return
         seq.tokens.append(token)
         seq.logprobs.append(logprob)

@@ -1,0 +1,171 @@
+"""Reasoning strategies end to end through llama.cpp with the embedded SmolLM2-135M model.
+
+The 135M model is weak at arithmetic, so these tests check the mechanics (phases, forced
+text, budgets, votes, early stopping), not accuracy; accuracy is measured by
+`edgesrm eval` and benchmarks/reasoning.py on the evaluation model.
+"""
+
+import pytest
+
+from edgesrm.budget import Budget, Deadline
+from edgesrm.chat import ChatFormat
+from edgesrm.engine import SamplingParams
+from edgesrm.errors import EdgesrmError
+from edgesrm.runtime import Runtime
+from edgesrm.strategies import STRATEGIES, Task, auto, run_strategy
+from edgesrm.strategies.self_consistency import lowest_group_confidence, majority_probability
+
+SHEEP = "A farmer has 17 sheep and buys 5 more. How many sheep does he have now?"
+ESSAY = "Write a long essay about the history of the Roman empire."
+# Seeds found to make the 135M model write its own 'Final answer:' line for these prompts.
+ANSWERS_ITSELF = [(SHEEP, 2), ("What is 15 + 27?", 5)]
+
+
+@pytest.fixture(scope="module")
+def rt(engine) -> Runtime:
+    return Runtime(engine)
+
+
+def task(rt, question, *, seed=1, budget=None, chat=None, **kw) -> Task:
+    return Task(engine=rt.engine, chat=chat or rt.chat, question=question,
+                sampling=SamplingParams(seed=seed), budget=budget or Budget(),
+                deadline=Deadline(budget.deadline_s if budget else None), **kw)
+
+
+@pytest.mark.parametrize("question, seed", ANSWERS_ITSELF)
+def test_cot_answers_on_its_final_answer_line(rt, question, seed):
+    streamed = []
+    result = rt.ask(question, strategy="cot", seed=seed, max_tokens=200, on_text=lambda k, t: streamed.append((k, t)))
+    path = result.paths[0]
+    assert path.finish_reason == "answered"
+    assert result.extracted is not None and result.extracted == path.answer
+    assert result.answer.split()[0].strip(".") == result.extracted
+    assert "Final answer:" not in result.reasoning
+    assert [k for k, _ in streamed][-1] == "answer"
+    assert "".join(t for k, t in streamed if k == "answer").strip() == result.answer
+    assert result.forced_tokens > 0  # the marker the model wrote was cut, then forced back
+
+
+def test_direct_answers_without_reasoning(rt):
+    result = rt.ask(SHEEP, strategy="direct", seed=1)
+    assert result.text.startswith("Final answer:")
+    assert result.completion_tokens <= 32 and result.reasoning == ""
+    assert result.extracted is not None
+
+
+def test_token_budget_forces_the_answer(rt):
+    result = rt.ask(ESSAY, strategy="budget", seed=1, budget=Budget(max_tokens=48))
+    path = result.paths[0]
+    assert path.tokens <= 48
+    assert "Final answer:" in path.text  # forced at the cap
+    assert path.finish_reason in ("answered", "length", "eos")
+
+
+@pytest.mark.parametrize("question, seed", ANSWERS_ITSELF[:1])
+def test_budget_forcing_says_wait_when_budget_is_left(rt, question, seed):
+    cot = rt.ask(question, strategy="cot", seed=seed, max_tokens=200)
+    forced = rt.ask(question, strategy="budget", seed=seed, max_tokens=200, waits=1)
+    assert "Wait, let me check this again." in forced.text
+    assert "Wait" not in cot.text
+    # Up to the model's marker the two are the same generation.
+    assert forced.text.startswith(cot.reasoning[:40])
+    assert forced.completion_tokens > cot.completion_tokens
+
+
+def test_deadline_is_kept_by_forcing_the_answer(rt):
+    result = rt.ask(ESSAY, strategy="budget", seed=1, max_tokens=2000, budget=Budget(deadline_s=2.5))
+    path = result.paths[0]
+    assert not result.deadline_missed and result.total_s < 2.5
+    assert "Final answer:" in path.text  # thinking was cut short to leave time to answer
+    assert path.tokens > 10
+
+
+def test_sc_votes_over_paths_decoded_together(rt):
+    result = rt.ask(SHEEP, strategy="sc", n=6, seed=3, early_stop=False, max_tokens=160)
+    assert len(result.paths) == 6
+    assert result.completion_tokens == sum(p.tokens for p in result.paths)
+    assert sum(result.votes.values()) == sum(1 for p in result.paths if p.answer is not None)
+    assert result.extracted == max(result.votes, key=result.votes.get)
+    assert len({p.text for p in result.paths}) > 1  # distinct seeds, distinct paths
+    assert not result.early_stopped
+
+
+def test_sc_stops_early_when_the_paths_agree(rt):
+    question = "What is 2 + 2? Reply with just the number."
+    full = rt.ask(question, strategy="sc", n=8, seed=5, temperature=0.2, early_stop=False, max_tokens=64)
+    early = rt.ask(question, strategy="sc", n=8, seed=5, temperature=0.2, early_stop=True, max_tokens=64)
+    assert len(set(p.answer for p in full.paths)) == 1  # they agree...
+    assert early.early_stopped and early.extracted == full.extracted
+    assert early.completion_tokens <= 0.6 * full.completion_tokens  # ...so half the paths suffice
+
+
+def test_sc_weighted_votes_by_confidence(rt):
+    result = rt.ask(SHEEP, strategy="sc", n=8, seed=3, weighted=True, early_stop=False, max_tokens=160)
+    voting = [p for p in result.paths if p.vote > 0]
+    assert voting and all(0 < p.vote <= 1 for p in voting)
+    assert all(p.vote == 0 for p in result.paths if p.finish_reason == "pruned")
+
+
+def test_plan_then_solve_phases(rt):
+    result = rt.ask(SHEEP, strategy="plan", seed=1, max_tokens=300)
+    assert result.text.startswith("Plan:\n1.")
+    assert "Now I carry out the plan step by step." in result.text
+    assert result.forced_tokens > 10
+
+
+def test_reflect_drafts_critiques_and_revises(rt):
+    question, seed = ANSWERS_ITSELF[0]
+    result = rt.ask(question, strategy="reflect", seed=seed, max_tokens=400)
+    assert "Let me check each step of this solution for mistakes." in result.text
+    assert result.text.count("Final answer:") >= 2  # the draft's and the revised one
+    assert "Let me check each step" in result.reasoning  # the answer is the revised one
+    assert result.text.rstrip().endswith(result.answer)
+
+
+def test_thinking_models_close_the_think_block(rt):
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "<|im_start|>assistant\n<think>\n")
+    chat = ChatFormat(template)
+    assert chat.thinking
+    result = run_strategy("budget", task(rt, SHEEP, chat=chat, budget=Budget(max_tokens=40), max_tokens=40))
+    path = result.paths[0]
+    assert "</think>" in path.text and "Final answer" not in path.text
+    assert path.reasoning and "</think>" not in path.reasoning
+    with pytest.raises(EdgesrmError, match="without a thinking mode"):
+        run_strategy("plan", task(rt, SHEEP, chat=chat))
+
+
+def test_auto_without_budget_is_cot_and_with_tight_deadline_stays_in_time(rt):
+    assert rt.ask(SHEEP, strategy="auto", seed=1, max_tokens=64).strategy == "auto:cot"
+    result = rt.ask(ESSAY, strategy="auto", seed=1, budget=Budget(deadline_s=1.0), max_tokens=1000)
+    assert result.strategy.startswith("auto:") and not result.deadline_missed
+
+
+def test_auto_choice_follows_measured_speed(rt, monkeypatch):
+    t = task(rt, SHEEP, budget=Budget(deadline_s=10.0), max_tokens=256)
+    monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 100.0 * n)  # 100 tok/s per path
+    assert auto.choose(t) == ("sc", 8)  # 2 windows x 2.56 s fit in 8 s
+    monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 40.0 * n ** 0.5)
+    assert auto.choose(t) == ("cot", 1)  # 6.4 s alone; paths in parallel are too slow
+    monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 10.0)
+    assert auto.choose(t) == ("budget", 1)  # even one chain would take 25 s
+    t = task(rt, SHEEP, budget=Budget(max_tokens=200), max_tokens=256)
+    assert auto.choose(t) == ("budget", 1)  # fewer tokens than one typical chain
+
+
+def test_majority_probability():
+    assert majority_probability(4, 0) == pytest.approx(1 - 0.5**5)
+    assert majority_probability(3, 0) < 0.95 < majority_probability(4, 0)
+    assert majority_probability(2, 2) == pytest.approx(0.5)
+
+
+def test_lowest_group_confidence():
+    assert lowest_group_confidence([-0.1] * 40 + [-2.0] * 32 + [-0.1] * 10, group=32) == pytest.approx(-2.0)
+    assert lowest_group_confidence([None, -1.0, -3.0], group=32) == pytest.approx(-2.0)
+    assert lowest_group_confidence([None]) is None
+
+
+def test_unknown_strategy(rt):
+    assert set(STRATEGIES) == {"direct", "cot", "budget", "sc", "plan", "reflect", "auto"}
+    with pytest.raises(EdgesrmError, match="unknown strategy"):
+        rt.ask(SHEEP, strategy="tree")
