@@ -140,6 +140,69 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
     )
 
 
+@cli.command(name="eval")
+@click.option("-d", "--dataset", default="gsm8k", show_default=True,
+              help="gsm8k (found in a shared/data folder or EDGESRM_DATA) or a JSONL file with question/answer.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions.")
+@click.option("-s", "--strategy", "strategies", type=click.Choice(list(STRATEGIES)), multiple=True,
+              help="Strategy to evaluate; repeat to compare several. Default: cot.")
+@click.option("-m", "--model", type=click.Path(dir_okay=True), default=None, help=MODEL_HELP)
+@click.option("-n", "--n", "n_paths", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+              help="Paths for sc.")
+@click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Token budget per question.")
+@click.option("--deadline", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Seconds per question.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Most tokens per path.")
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.6, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**31), default=0, show_default=True,
+              help="Base seed; question i uses seed + i, so runs are reproducible.")
+@click.option("--weighted", is_flag=True, help="sc: confidence-weighted votes (DeepConf).")
+@click.option("--no-early-stop", is_flag=True, help="sc: always finish all --n paths.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default="eval-results", show_default=True,
+              help="Folder for the per-question JSONL rows, summary.json and accuracy-latency.png.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads. Default: physical cores.")
+def evaluate_command(dataset: str, limit: int | None, strategies: tuple[str, ...], model: str | None, n_paths: int,
+                     budget_tokens: int | None, deadline: float | None, max_tokens: int, temperature: float,
+                     seed: int, weighted: bool, no_early_stop: bool, out_dir: str, threads: int | None) -> None:
+    """Measure accuracy, latency and tokens of strategies on a dataset (default: GSM8K test).
+
+    \b
+    Example:
+      edgesrm eval --limit 50 -s cot -s sc --model qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+    """
+    from pathlib import Path
+
+    from .budget import Budget
+    from .eval import evaluate, find_dataset, load_items, plot
+    from .runtime import load
+
+    strategies = strategies or ("cot",)
+    items = load_items(find_dataset(dataset), limit)
+    out = Path(out_dir)
+    widest = n_paths if any(s in ("sc", "auto") for s in strategies) else 1
+    rt = load(model, n_ctx=1024 + widest * max_tokens, threads=threads, max_sequences=widest)
+    budget = Budget(max_tokens=budget_tokens, deadline_s=deadline)
+    summaries = []
+    with rt:
+        for strategy in strategies:
+            with click.progressbar(length=len(items), label=f"{strategy:>8}", file=sys.stderr) as bar:
+                summary = evaluate(
+                    rt, items, strategy, out / f"{strategy}.jsonl", on_item=lambda: bar.update(1), n=n_paths,
+                    budget=budget, max_tokens=max_tokens, temperature=temperature, seed=seed, weighted=weighted,
+                    early_stop=not no_early_stop,
+                )
+            summaries.append(summary)
+            click.echo(
+                f"{strategy:>8}: accuracy {100 * summary.accuracy:5.1f}%  latency mean {summary.mean_latency_s:6.2f} s  "
+                f"p95 {summary.p95_latency_s:6.2f} s  tokens {summary.mean_tokens:7.1f}  "
+                f"deadline misses {summary.deadline_misses}"
+            )
+    (out / "summary.json").write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
+    image = plot(summaries, out / "accuracy-latency.png")
+    click.echo(f"rows and summary in {out}/" + (f", plot in {image}" if image else
+                                                 " (pip install 'edgesrm[plot]' for the plot)"), err=True)
+
+
 @cli.command()
 @click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -1,0 +1,81 @@
+"""`edgesrm eval`: datasets, per-question rows, summary and plot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgesrm.errors import EdgesrmError
+from edgesrm.eval import evaluate, find_dataset, load_items, plot
+from edgesrm.runtime import Runtime
+
+SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+@pytest.fixture
+def small_dataset(tmp_path) -> Path:
+    path = tmp_path / "qa.jsonl"
+    rows = [{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
+            {"question": "What is 10 - 3?", "answer": "7"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_gsm8k_gold_answers_are_the_number_after_the_hashes():
+    if not SHARED_GSM8K.is_file():
+        pytest.fail(f"GSM8K is expected at {SHARED_GSM8K} (the shared data folder beside the checkout)")
+    items = load_items(SHARED_GSM8K, limit=3)
+    assert [i.gold for i in items] == ["18", "3", "70000"]
+    assert items[0].question.startswith("Janet")
+
+
+def test_find_dataset_by_name_and_errors(tmp_path, monkeypatch, small_dataset):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGESRM_DATA", str(SHARED_GSM8K.parents[1]))
+    assert find_dataset("gsm8k") == SHARED_GSM8K
+    assert find_dataset(str(small_dataset)) == small_dataset
+    monkeypatch.delenv("EDGESRM_DATA")
+    with pytest.raises(EdgesrmError, match="cannot find the gsm8k data"):
+        find_dataset("gsm8k")
+    with pytest.raises(EdgesrmError, match="dataset not found"):
+        find_dataset(str(tmp_path / "nope.jsonl"))
+
+
+def test_malformed_rows_name_their_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "1"}\n{"question": "no answer"}\n')
+    with pytest.raises(EdgesrmError, match=r"bad.jsonl:2: expected a JSON object"):
+        load_items(bad)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(EdgesrmError, match="holds no questions"):
+        load_items(tmp_path / "empty.jsonl")
+
+
+def test_evaluate_writes_rows_and_summary(engine, small_dataset, tmp_path):
+    items = load_items(small_dataset)
+    summary = evaluate(Runtime(engine), items, "direct", tmp_path / "direct.jsonl", max_tokens=32, seed=1)
+    rows = [json.loads(line) for line in (tmp_path / "direct.jsonl").read_text().splitlines()]
+    assert [r["gold"] for r in rows] == ["4", "7"]
+    assert summary.questions == 2
+    assert summary.accuracy == sum(r["correct"] for r in rows) / 2
+    assert summary.mean_tokens == pytest.approx(sum(r["tokens"] for r in rows) / 2)
+    assert summary.p95_latency_s >= summary.mean_latency_s * 0.5
+    image = plot([summary], tmp_path / "plot.png")
+    assert image is not None and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_command(small_dataset, tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgesrm", "eval", "--dataset", str(small_dataset), "-s", "direct", "-s", "cot",
+         "--max-tokens", "48", "-o", str(out)], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy" in proc.stdout and "deadline misses" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["strategy"] for s in summary] == ["direct", "cot"]
+    assert (out / "accuracy-latency.png").is_file()
+    assert len((out / "cot.jsonl").read_text().splitlines()) == 2
