@@ -1,0 +1,166 @@
+"""Reasoning strategies on the evaluation model over a fixed slice of GSM8K.
+
+For each quantization (the model as shipped, Q4_K_M, and requantized to Q4_0) and each
+question, in one process and in this order:
+
+- cot            one chain of thought
+- sc-batched     self-consistency, N=8 paths decoded in one batch, no early stopping
+- sc-sequential  the same 8 paths (same seeds) run one after another (on --seq-limit questions)
+- sc-early       self-consistency with early stopping
+- budget         budget forcing with a deadline (--deadline seconds per question)
+
+Each row is appended to a JSONL file as soon as it is measured, so a long run that is
+interrupted resumes where it stopped. The summary prints accuracy, wall time and tokens per
+configuration, and the ratios the targets are about:
+
+- sc-batched wall time / sc-sequential wall time (same questions): <= 0.6 (Q4_K_M), <= 0.5 (Q4_0)
+- sc-early accuracy within 1 point of sc-batched, with <= 60% of its tokens
+- zero deadline misses for budget
+
+    python benchmarks/reasoning.py --limit 50            # hours on 2 cores
+    python benchmarks/reasoning.py --limit 5 --seq-limit 2   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from edgesrm.answers import answers_match
+from edgesrm.budget import Budget, Deadline
+from edgesrm.engine import SamplingParams
+from edgesrm.engine.backend import lib
+from edgesrm.eval import find_dataset, load_items
+from edgesrm.runtime import load
+from edgesrm.strategies import Task, run_strategy
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ("cot", "sc-batched", "sc-sequential", "sc-early", "budget")
+
+
+def eval_model() -> Path:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "get_eval_model.py")], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return Path(out)
+
+
+def requantize(src: Path, ftype_name: str) -> Path:
+    """``src`` requantized with llama.cpp's own quantizer, cached beside it."""
+    out = src.with_name(src.stem.rsplit("-", 1)[0] + f"-{ftype_name.lower()}.gguf")
+    if out.exists():
+        return out
+    llama = lib()
+    params = llama.llama_model_quantize_default_params()
+    params.ftype = getattr(llama, f"LLAMA_FTYPE_MOSTLY_{ftype_name}")
+    params.allow_requantize = True
+    tmp = out.with_suffix(".tmp")
+    if llama.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"quantizing {src} to {ftype_name} failed")
+    tmp.replace(out)
+    return out
+
+
+def run_config(rt, config: str, question: str, seed: int, args) -> dict:
+    """One question under one configuration: answer, wall time, tokens, deadline miss."""
+    sampling = SamplingParams(temperature=args.temperature, seed=seed)
+    common = dict(engine=rt.engine, chat=rt.chat, question=question, sampling=sampling, n=args.n,
+                  max_tokens=args.max_tokens)
+    started = time.perf_counter()
+    if config == "sc-sequential":
+        template = Task(**common)
+        answers, tokens = [], 0
+        for i in range(args.n):
+            path_task = replace(template, sampling=template.path_sampling(i), deadline=Deadline(None))
+            result = run_strategy("cot", path_task)
+            answers.append(result.paths[0].answer)
+            tokens += result.completion_tokens
+        from edgesrm.answers import vote
+
+        winner, _ = vote(answers)
+        return {"answer": winner, "seconds": time.perf_counter() - started, "tokens": tokens, "missed": False}
+    budget = Budget(deadline_s=args.deadline) if config == "budget" else Budget()
+    strategy = {"cot": "cot", "sc-batched": "sc", "sc-early": "sc", "budget": "budget"}[config]
+    task = Task(**common, budget=budget, deadline=Deadline(budget.deadline_s), early_stop=config == "sc-early")
+    result = run_strategy(strategy, task)
+    return {"answer": result.extracted, "seconds": time.perf_counter() - started,
+            "tokens": result.completion_tokens, "missed": result.deadline_missed}
+
+
+def summarize(rows: list[dict], quant: str, seq_ids: set[int]) -> None:
+    print(f"\n{quant}: {len({r['id'] for r in rows})} questions")
+    print(f"{'config':>14} {'n':>4} {'accuracy':>9} {'wall s':>9} {'tokens':>9} {'misses':>7}")
+    stats = {}
+    for config in CONFIGS:
+        sel = [r for r in rows if r["config"] == config]
+        if not sel:
+            continue
+        stats[config] = sel
+        acc = 100 * np.mean([r["correct"] for r in sel])
+        print(f"{config:>14} {len(sel):4d} {acc:8.1f}% {sum(r['seconds'] for r in sel):9.1f} "
+              f"{sum(r['tokens'] for r in sel):9d} {sum(r['missed'] for r in sel):7d}")
+    if "sc-batched" in stats and "sc-sequential" in stats:
+        both = {r["id"] for r in stats["sc-sequential"]} & {r["id"] for r in stats["sc-batched"]}
+        bat = sum(r["seconds"] for r in stats["sc-batched"] if r["id"] in both)
+        seq = sum(r["seconds"] for r in stats["sc-sequential"] if r["id"] in both)
+        print(f"batched / sequential wall time on the same {len(both)} questions: {bat / seq:.2f}")
+    if "sc-batched" in stats and "sc-early" in stats:
+        ids = {r["id"] for r in stats["sc-early"]} & {r["id"] for r in stats["sc-batched"]}
+        full = [r for r in stats["sc-batched"] if r["id"] in ids]
+        early = [r for r in stats["sc-early"] if r["id"] in ids]
+        d_acc = 100 * (np.mean([r["correct"] for r in early]) - np.mean([r["correct"] for r in full]))
+        tok = sum(r["tokens"] for r in early) / max(1, sum(r["tokens"] for r in full))
+        print(f"early stopping: accuracy {d_acc:+.1f} points, tokens {tok:.2f} of full sc-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="GGUF (default: the evaluation model)")
+    parser.add_argument("--quants", default="Q4_K_M,Q4_0", help="as shipped (Q4_K_M) and/or requantized types")
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--seq-limit", type=int, default=10, help="questions on which sc-sequential also runs")
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=384)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--deadline", type=float, default=15.0, help="seconds per question for budget")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reasoning")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    shipped = args.model or eval_model()
+    items = load_items(find_dataset("gsm8k"), args.limit)
+    seq_ids = {item.id for item in items[: args.seq_limit]}
+    configs = [c for c in args.configs.split(",") if c]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for quant in args.quants.split(","):
+        path = shipped if quant == "Q4_K_M" else requantize(shipped, quant)
+        log = args.out / f"{path.stem}.jsonl"
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        done = {(r["id"], r["config"]) for r in rows}
+        rt = load(path, n_ctx=1024 + args.n * args.max_tokens, max_sequences=args.n, threads=args.threads)
+        with rt, open(log, "a") as f:
+            for item in items:
+                for config in configs:
+                    if (item.id, config) in done or (config == "sc-sequential" and item.id not in seq_ids):
+                        continue
+                    row = run_config(rt, config, item.question, 1000 + item.id, args)
+                    row |= {"id": item.id, "config": config, "gold": item.gold,
+                            "correct": answers_match(row["answer"], item.gold)}
+                    rows.append(row)
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    print(f"{quant} q{item.id:3d} {config:>14} {row['seconds']:7.1f} s {row['tokens']:5d} tok "
+                          f"{'ok' if row['correct'] else '--'}", flush=True)
+        summarize(rows, quant, seq_ids)
+
+
+if __name__ == "__main__":
+    main()
