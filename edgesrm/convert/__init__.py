@@ -1,0 +1,142 @@
+"""Hugging Face checkpoints to GGUF, without PyTorch: ``convert`` and ``quantize``.
+
+    from edgesrm.convert import convert, quantize
+    convert("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2.gguf", quant="Q4_K_M")
+    quantize("model-f16.gguf", "model-q8.gguf", "Q8_0")
+
+A conversion reads config.json (which family), the tokenizer files (the vocabulary) and the
+safetensors headers, checks them all against each other, then streams the tensors into a
+temporary file beside the output that replaces it only once complete. ``quant`` runs
+llama.cpp's quantizer on that file before the rename.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+
+from ..errors import EdgesrmError
+from ..models import check_gguf
+from .archs import FAMILIES, OUTTYPES, family_for
+from .quantize import QUANT_TYPES, quant_type, quantize_file
+from .safetensors import open_checkpoint
+from .source import resolve_source
+from .tokenizer import load_vocab
+from .writer import atomic_output, check_destination, write_gguf
+
+__all__ = ["convert", "quantize", "OUTTYPES", "QUANT_TYPES", "FAMILIES"]
+
+
+def convert(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    outtype: str | None = None,
+    quant: str | None = None,
+    revision: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+) -> Path:
+    """Convert the checkpoint ``src`` (a directory or a Hugging Face repo id) to the GGUF ``out``.
+
+    ``outtype`` (f32, f16, bf16, q8_0) is how matrices are stored; default f16, or with
+    ``quant`` the checkpoint's own 16/32-bit type so that quantization starts from the exact
+    weights. ``quant`` (Q4_K_M, Q8_0... see ``QUANT_TYPES``) then quantizes with llama.cpp.
+    Warnings (NaN/Inf in a tensor, float16 overflow) go to ``warn``, by default to stderr.
+    """
+    out = Path(out).expanduser()
+    if outtype is not None and outtype.lower() not in OUTTYPES:
+        raise EdgesrmError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    if quant is not None:
+        quant_type(quant)  # reject a bad type before any download or work
+    check_destination(out, force)
+
+    directory, name = resolve_source(str(src), revision)
+    config = _read_config(directory)
+    family = family_for(config, directory)
+    vocab = load_vocab(directory, None if family.trim_vocab else family.vocab_size,
+                       prefer_sentencepiece=family.prefer_sentencepiece)
+    weights = open_checkpoint(directory)
+    if outtype is None:
+        outtype = _lossless_type(weights) if quant else "f16"
+    tensors = family.plan(weights, outtype.lower(), n_vocab=len(vocab))
+
+    writer = gguf.GGUFWriter(None, family.name)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    n_params = sum(math.prod(t.shape) for t in tensors)
+    writer.add_size_label(gguf.size_label(n_params, n_params, 0, 0))
+    family.write_hparams(writer)
+    writer.add_file_type(_file_type(tensors))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    vocab.write(writer)
+
+    size = sum(t.nbytes for t in tensors) + 2 * 2**20 * (1 + len(vocab) // 20000)
+    with atomic_output(out, force=force, need_bytes=size * (2 if quant else 1)) as tmp:
+        if quant is None:
+            write_gguf(tmp, writer, tensors, progress=progress, warn=warn)
+        else:
+            unquantized = tmp.with_name(tmp.name + f".{outtype}")
+            try:
+                write_gguf(unquantized, writer, tensors, progress=progress, warn=warn)
+                quantize_file(unquantized, tmp, quant)
+            finally:
+                unquantized.unlink(missing_ok=True)
+    return out
+
+
+def quantize(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    quant: str,
+    *,
+    force: bool = False,
+    threads: int | None = None,
+    allow_requantize: bool = False,
+) -> Path:
+    """Quantize the GGUF ``src`` to ``quant`` (see ``QUANT_TYPES``) with llama.cpp, into ``out``."""
+    src_path, out = Path(src).expanduser(), Path(out).expanduser()
+    quant_type(quant)
+    check_gguf(src_path)
+    if out.exists() and out.resolve() == src_path.resolve():
+        raise EdgesrmError("the output would overwrite the input; choose another output file")
+    with atomic_output(out, force=force, need_bytes=src_path.stat().st_size) as tmp:
+        quantize_file(src_path, tmp, quant, threads=threads, allow_requantize=allow_requantize)
+    return out
+
+
+def _read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise EdgesrmError(f"no config.json in {directory}: is it a Hugging Face Transformers checkpoint?")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EdgesrmError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise EdgesrmError(f"{path} is not a model config (not a JSON object)")
+    return config
+
+
+def _lossless_type(weights) -> str:
+    """The narrowest output type that holds every weight exactly (the quantizer's input)."""
+    dtypes = {ref.dtype for ref in weights.values()}
+    if dtypes <= {"BF16"}:
+        return "bf16"
+    if dtypes <= {"F16"}:
+        return "f16"
+    return "f32"
+
+
+def _file_type(tensors) -> gguf.LlamaFileType:
+    from .archs.base import FILE_TYPES
+
+    matrices = [t.qtype for t in tensors if len(t.shape) > 1]
+    most = max(set(matrices), key=matrices.count) if matrices else gguf.GGMLQuantizationType.F32
+    return FILE_TYPES[most]

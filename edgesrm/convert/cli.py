@@ -1,0 +1,96 @@
+"""The ``convert`` and ``quantize`` commands (registered on the ``edgesrm`` group by edgesrm.cli).
+
+``python -m edgesrm.convert.cli convert ...`` runs them through edgesrm's own group, for use
+before they are registered there.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from .archs import FAMILIES, OUTTYPES
+from .quantize import QUANT_TYPES
+
+QUANT_HELP = f"Quantize with llama.cpp: {', '.join(QUANT_TYPES)} (case-insensitive)."
+
+
+@click.command(epilog=f"Supported architectures: {', '.join(FAMILIES)}.")
+@click.argument("src")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="The GGUF file to write.")
+@click.option("--outtype", type=click.Choice(list(OUTTYPES), case_sensitive=False), default=None,
+              help="How to store the weights: f32, f16, bf16 or q8_0. Default: f16; with --quant, "
+                   "the checkpoint's own type (the quantizer's exact input).")
+@click.option("--quant", default=None, metavar="TYPE", help=QUANT_HELP)
+@click.option("--revision", default=None, help="Branch, tag or commit of a Hugging Face repo.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def convert(src: str, out: str, outtype: str | None, quant: str | None, revision: str | None, force: bool,
+            no_progress: bool) -> None:
+    """Convert a Hugging Face checkpoint to GGUF, without PyTorch.
+
+    SRC is a local directory (config.json, safetensors weights, tokenizer files) or a
+    Hugging Face repo id, fetched into the standard cache (only the files needed;
+    HF_HUB_OFFLINE=1 uses the cache only).
+
+    \b
+    Examples:
+      edgesrm convert HuggingFaceTB/SmolLM2-135M-Instruct -o smollm2.gguf --quant Q4_K_M
+      edgesrm convert ./Qwen3-0.6B -o qwen3-0.6b-f16.gguf
+    """
+    from . import convert as run
+
+    with terminate_as_interrupt():
+        path = run(src, out, outtype=outtype, quant=quant, revision=revision, force=force, progress=not no_progress)
+    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB)", err=True)
+
+
+@click.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--quant", required=True, metavar="TYPE", help=QUANT_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads. Default: physical cores.")
+@click.option("--allow-requantize", is_flag=True, help="Accept an already quantized input (loses more quality).")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def quantize(src: str, out: str, quant: str, threads: int | None, allow_requantize: bool, force: bool) -> None:
+    """Quantize the GGUF file SRC into OUT with llama.cpp's quantizer.
+
+    \b
+    Example:
+      edgesrm quantize model-f16.gguf model-q4_k_m.gguf --quant Q4_K_M
+    """
+    from . import quantize as run
+
+    with terminate_as_interrupt():
+        path = run(src, out, quant, force=force, threads=threads, allow_requantize=allow_requantize)
+    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB)", err=True)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Let ``kill`` (SIGTERM) clean up like Ctrl-C: the temporary output is removed, OUT untouched."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main() -> None:
+    from ..cli import cli
+
+    for command in (convert, quantize):
+        cli.add_command(command)
+    cli(prog_name="edgesrm")
+
+
+if __name__ == "__main__":
+    main()
