@@ -254,6 +254,12 @@ def doctor(as_json: bool) -> None:
         click.echo(f"{key.replace('_', ' '):<24} {value}")
 
 
+from .convert.cli import convert as convert_command, quantize as quantize_command  # noqa: E402
+
+cli.add_command(convert_command)
+cli.add_command(quantize_command)
+
+
 def main() -> None:
     cli(prog_name="edgesrm")
 

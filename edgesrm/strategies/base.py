@@ -215,6 +215,8 @@ class PathRunner:
         start = self._answer_start.get(seq.index)
         if start is not None:
             answer_text = seq.text[start:].strip().splitlines()[0].strip(" *") if seq.text[start:].strip() else ""
+            for marker in FINAL_ANSWER_MARKERS:  # a model that repeats the forced marker
+                answer_text = answer_text.removeprefix(marker).strip(" *")
             reasoning = seq.text[: self._reasoning_end[seq.index]]
             if self.thinking:
                 answer_text = seq.text[start:].strip()
