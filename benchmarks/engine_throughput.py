@@ -11,7 +11,6 @@ Tokens/s = tokens sampled over all sequences / decode wall time (prefill and loa
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgesrm.engine import EOS, Engine, EngineConfig, SamplingParams, backend_report
-from edgesrm.engine.backend import lib
+from edgesrm.convert import quantize
 from edgesrm.models import default_model_path
 
 SAMPLING = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
@@ -67,19 +66,13 @@ class Clock:
 
 def model_for(quant: str) -> Path:
     """The shipped Q4_1 model, or it requantized by llama.cpp to ``quant`` (cached)."""
-    src, llama = default_model_path(), lib()
+    src = default_model_path()
     if quant == "Q4_1":
         return src
     out = CACHE / src.name.replace("Q4_1", quant)
     if not out.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        params = llama.llama_model_quantize_default_params()
-        params.ftype = getattr(llama, f"LLAMA_FTYPE_MOSTLY_{quant}")
-        params.allow_requantize = True
-        tmp = out.with_suffix(".tmp")
-        if llama.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
-            raise SystemExit(f"llama_model_quantize to {quant} failed")
-        tmp.rename(out)
+        quantize(src, out, quant, allow_requantize=True)
     return out
 
 

@@ -24,7 +24,6 @@ configuration, and the ratios the targets are about:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 from edgesrm.answers import answers_match
 from edgesrm.budget import Budget, Deadline
 from edgesrm.engine import SamplingParams
-from edgesrm.engine.backend import lib
+from edgesrm.convert import quantize
 from edgesrm.eval import find_dataset, load_items
 from edgesrm.runtime import load
 from edgesrm.strategies import Task, run_strategy
@@ -52,20 +51,10 @@ def eval_model() -> Path:
     return Path(out)
 
 
-def requantize(src: Path, ftype_name: str) -> Path:
-    """``src`` requantized with llama.cpp's own quantizer, cached beside it."""
-    out = src.with_name(src.stem.rsplit("-", 1)[0] + f"-{ftype_name.lower()}.gguf")
-    if out.exists():
-        return out
-    llama = lib()
-    params = llama.llama_model_quantize_default_params()
-    params.ftype = getattr(llama, f"LLAMA_FTYPE_MOSTLY_{ftype_name}")
-    params.allow_requantize = True
-    tmp = out.with_suffix(".tmp")
-    if llama.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
-        raise SystemExit(f"quantizing {src} to {ftype_name} failed")
-    tmp.replace(out)
-    return out
+def requantize(src: Path, quant: str) -> Path:
+    """``src`` requantized with llama.cpp's own quantizer (edgesrm quantize), cached beside it."""
+    out = src.with_name(src.stem.rsplit("-", 1)[0] + f"-{quant.lower()}.gguf")
+    return out if out.exists() else quantize(src, out, quant, allow_requantize=True)
 
 
 def run_config(rt, config: str, question: str, seed: int, args) -> dict:

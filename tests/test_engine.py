@@ -75,7 +75,8 @@ def test_sequence_in_a_batch_of_8_stays_close_to_the_same_sequence_alone(engine,
     # Among 8: seven sequences sample freely; the eighth joins later, so its first decode
     # (the prompt's last token) and its forced continuation share a batch with the others.
     gen = engine.start(chat_prompt)
-    others = [gen.add(SamplingParams(temperature=1.0, seed=i), max_tokens=64) for i in range(7)]
+    for i in range(7):
+        gen.add(SamplingParams(temperature=1.0, seed=i), max_tokens=64)
     gen.step()
     late = gen.add(GREEDY, max_tokens=2)
     gen.step()

@@ -1,7 +1,6 @@
 """`edgesrm eval`: datasets, per-question rows, summary and plot."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

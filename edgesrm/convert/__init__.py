@@ -12,7 +12,6 @@ llama.cpp's quantizer on that file before the rename.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from ..models import check_gguf
 from .archs import FAMILIES, OUTTYPES, family_for
 from .quantize import QUANT_TYPES, quant_type, quantize_file
 from .safetensors import open_checkpoint
-from .source import resolve_source
+from .source import read_json_object, resolve_source
 from .tokenizer import load_vocab
 from .writer import atomic_output, check_destination, write_gguf
 
@@ -115,13 +114,7 @@ def _read_config(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.is_file():
         raise EdgesrmError(f"no config.json in {directory}: is it a Hugging Face Transformers checkpoint?")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise EdgesrmError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise EdgesrmError(f"{path} is not a model config (not a JSON object)")
-    return config
+    return read_json_object(path, "a model config")
 
 
 def _lossless_type(weights) -> str:

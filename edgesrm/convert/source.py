@@ -24,6 +24,17 @@ METADATA_FILES = [
 ]
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold an object, as one clear error otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EdgesrmError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise EdgesrmError(f"{path} is not {what} (not a JSON object)")
+    return data
+
+
 def resolve_source(src: str, revision: str | None = None) -> tuple[Path, str]:
     """A local directory holding the checkpoint, and a name for it."""
     path = Path(src).expanduser()

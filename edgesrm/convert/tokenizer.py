@@ -27,6 +27,7 @@ import gguf
 
 from ..errors import EdgesrmError
 from .sentencepiece import read_model
+from .source import read_json_object
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = (int(t) for t in (
     gguf.TokenType.NORMAL, gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL,
@@ -110,13 +111,7 @@ def load_vocab(directory: Path, n_vocab: int | None, *, prefer_sentencepiece: bo
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise EdgesrmError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise EdgesrmError(f"{path} is not a tokenizer definition (not a JSON object)")
-    return data
+    return read_json_object(path, "a tokenizer definition")
 
 
 def _steps(pre: dict | None) -> list[dict]:

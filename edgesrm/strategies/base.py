@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from ..answers import extract_answer, normalize
 from ..budget import Budget, Deadline
 from ..chat import THINK_CLOSE, ChatFormat
-from ..engine import DROPPED, EOS, Engine, Generation, SamplingParams, Sequence
+from ..engine import DROPPED, Engine, Generation, SamplingParams, Sequence
 
 StreamCallback = Callable[[str, str], None]  # (kind: "reasoning" | "answer", text)
 
