@@ -253,3 +253,14 @@ def test_pause_cuts_the_string_rewinds_and_resumes(engine):
     continuation = seq.text[len(text_at_pause + " five,") :]
     assert "6" in continuation or "six" in continuation  # it counts on from the forced text
     gen.close()
+
+
+def test_without_logprobs_rewinding_still_counts_sampled_tokens(engine):
+    gen = engine.start("<|im_start|>user\nCount from 1 to 10.<|im_end|>\n<|im_start|>assistant\n", logprobs=False)
+    seq = gen.add(GREEDY, max_tokens=30, pause=["5"])
+    gen.force(seq, "1, 2, 3,")
+    gen.run()
+    assert seq.paused and seq.n_sampled + seq.n_forced == len(seq.tokens)
+    assert seq.n_forced == sum(lp is None for lp in seq.logprobs) and seq.n_sampled > 0
+    assert seq.mean_logprob is None  # nothing was measured
+    gen.close()

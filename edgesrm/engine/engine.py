@@ -14,6 +14,7 @@ sequences that share a prompt within one batch.
 from __future__ import annotations
 
 import ctypes
+import math
 import time
 from collections.abc import Callable, Sequence as Seq
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class Sequence:
     sampling: SamplingParams
     max_tokens: int
     tokens: list[int] = field(default_factory=list)  # sampled and forced, in order
-    logprobs: list[float | None] = field(default_factory=list)  # None for forced tokens
+    logprobs: list[float | None] = field(default_factory=list)  # None: forced; NaN: not measured
     text: str = ""
     n_sampled: int = 0
     n_forced: int = 0
@@ -108,7 +109,7 @@ class Sequence:
     @property
     def mean_logprob(self) -> float | None:
         """Mean log-probability of the sampled tokens: a cheap confidence for voting."""
-        sampled = [lp for lp in self.logprobs if lp is not None]
+        sampled = [lp for lp in self.logprobs if lp is not None and not math.isnan(lp)]
         return float(np.mean(sampled)) if sampled else None
 
 
@@ -523,7 +524,8 @@ class Generation:
         llama, ctx = self.engine._llama, self.engine._ctx
         indices = [i for _, i in outputs]
         chosen = [llama.llama_sampler_sample(seq._chain, ctx, i) for seq, i in outputs]
-        logprobs: list[float | None] = [None] * len(outputs)
+        # None marks a forced token (rewinding counts on it): unmeasured sampled ones are NaN.
+        logprobs: list[float | None] = [math.nan] * len(outputs)
         if self._want_logprobs:
             logprobs = self._logprobs(indices, chosen)
         for (seq, index), token, logprob in zip(outputs, chosen, logprobs):
