@@ -33,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesrm.answers import answers_match
+from edgesrm.answers import answers_match, vote
 from edgesrm.budget import Budget, Deadline
 from edgesrm.engine import SamplingParams
 from edgesrm.convert import quantize
 from edgesrm.eval import find_dataset, load_items
 from edgesrm.runtime import load
 from edgesrm.strategies import Task, run_strategy
+from edgesrm.strategies.self_consistency import vote_decided
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("cot", "sc-batched", "sc-sequential", "sc-early", "budget")
@@ -65,22 +66,38 @@ def run_config(rt, config: str, question: str, seed: int, args) -> dict:
     started = time.perf_counter()
     if config == "sc-sequential":
         template = Task(**common)
-        answers, tokens = [], 0
+        answers, tokens, paths = [], 0, []
         for i in range(args.n):
             path_task = replace(template, sampling=template.path_sampling(i), deadline=Deadline(None))
             result = run_strategy("cot", path_task)
             answers.append(result.paths[0].answer)
             tokens += result.completion_tokens
-        from edgesrm.answers import vote
-
+            paths.append([result.paths[0].answer, result.paths[0].tokens, result.paths[0].finish_reason])
         winner, _ = vote(answers)
-        return {"answer": winner, "seconds": time.perf_counter() - started, "tokens": tokens, "missed": False}
+        return {"answer": winner, "seconds": time.perf_counter() - started, "tokens": tokens, "missed": False,
+                "paths": paths}
     budget = Budget(deadline_s=args.deadline) if config == "budget" else Budget()
     strategy = {"cot": "cot", "sc-batched": "sc", "sc-early": "sc", "budget": "budget"}[config]
     task = Task(**common, budget=budget, deadline=Deadline(budget.deadline_s), early_stop=config == "sc-early")
     result = run_strategy(strategy, task)
     return {"answer": result.extracted, "seconds": time.perf_counter() - started,
-            "tokens": result.completion_tokens, "missed": result.deadline_missed}
+            "tokens": result.completion_tokens, "missed": result.deadline_missed,
+            "paths": [[p.answer, p.tokens, p.finish_reason] for p in result.paths]}
+
+
+def replay_early_stopping(paths: list[list]) -> tuple[str | None, int]:
+    """The early-stopping rule replayed on already sampled paths, taken one at a time in
+    index order (as adaptive consistency is evaluated): the answer it stops on and the
+    tokens of the paths it consumed. Free of the sampling noise between two real runs."""
+    answers, tokens = [], 0
+    for i, (answer, n_tokens, _reason) in enumerate(paths):
+        answers.append(answer)
+        tokens += n_tokens
+        winner, tally = vote(answers)
+        voting = sum(1 for a in answers if a is not None)
+        if vote_decided(tally, int(tally.get(winner, 0)), voting, undecided=len(paths) - i - 1):
+            return winner, tokens
+    return vote(answers)[0], tokens
 
 
 def summarize(rows: list[dict], quant: str, seq_ids: set[int]) -> None:
@@ -99,14 +116,25 @@ def summarize(rows: list[dict], quant: str, seq_ids: set[int]) -> None:
         both = {r["id"] for r in stats["sc-sequential"]} & {r["id"] for r in stats["sc-batched"]}
         bat = sum(r["seconds"] for r in stats["sc-batched"] if r["id"] in both)
         seq = sum(r["seconds"] for r in stats["sc-sequential"] if r["id"] in both)
-        print(f"batched / sequential wall time on the same {len(both)} questions: {bat / seq:.2f}")
+        by_id = {r["id"]: r["seconds"] for r in stats["sc-sequential"]}
+        median = np.median([r["seconds"] / by_id[r["id"]] for r in stats["sc-batched"] if r["id"] in both])
+        print(f"batched / sequential wall time on the same {len(both)} questions: {bat / seq:.2f} "
+              f"(median per question {median:.2f})")
     if "sc-batched" in stats and "sc-early" in stats:
         ids = {r["id"] for r in stats["sc-early"]} & {r["id"] for r in stats["sc-batched"]}
         full = [r for r in stats["sc-batched"] if r["id"] in ids]
         early = [r for r in stats["sc-early"] if r["id"] in ids]
         d_acc = 100 * (np.mean([r["correct"] for r in early]) - np.mean([r["correct"] for r in full]))
         tok = sum(r["tokens"] for r in early) / max(1, sum(r["tokens"] for r in full))
-        print(f"early stopping: accuracy {d_acc:+.1f} points, tokens {tok:.2f} of full sc-8")
+        print(f"early stopping: accuracy {d_acc:+.1f} points, tokens {tok:.2f} of full sc-8 "
+              f"({len(ids)} questions, two independent runs)")
+    replayed = [(r, replay_early_stopping(r["paths"])) for r in stats.get("sc-batched", []) if "paths" in r]
+    if replayed:
+        d_acc = 100 * np.mean([answers_match(ans, r["gold"]) - r["correct"] for r, (ans, _) in replayed])
+        tok = sum(t for _, (_, t) in replayed) / max(1, sum(r["tokens"] for r, _ in replayed))
+        agree = np.mean([ans == r["answer"] for r, (ans, _) in replayed])
+        print(f"early stopping replayed on sc-batched's own paths: accuracy {d_acc:+.1f} points, tokens {tok:.2f}, "
+              f"same answer on {100 * agree:.0f}% ({len(replayed)} questions)")
 
 
 def main() -> None:

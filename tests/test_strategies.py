@@ -13,7 +13,7 @@ from edgesrm.engine import SamplingParams
 from edgesrm.errors import EdgesrmError
 from edgesrm.runtime import Runtime
 from edgesrm.strategies import STRATEGIES, Task, auto, run_strategy
-from edgesrm.strategies.self_consistency import lowest_group_confidence, majority_probability
+from edgesrm.strategies.self_consistency import lowest_group_confidence, majority_probability, paths_needed, vote_decided
 
 SHEEP = "A farmer has 17 sheep and buys 5 more. How many sheep does he have now?"
 ESSAY = "Write a long essay about the history of the Roman empire."
@@ -99,6 +99,17 @@ def test_sc_stops_early_when_the_paths_agree(rt):
     assert early.completion_tokens <= 0.6 * full.completion_tokens  # ...so half the paths suffice
 
 
+def test_sc_launches_more_paths_only_when_answers_disagree(rt):
+    question = "A shop sells pens at 3 dollars each and notebooks at 7 dollars each. Tom buys 4 pens and 6 notebooks. How much does he pay?"
+    result = rt.ask(question, strategy="sc", n=8, seed=11, temperature=1.3, max_tokens=96)
+    first = [p.answer for p in result.paths[:4]]
+    assert len(set(first)) > 1  # the 135M model disagrees with itself here...
+    assert len(result.paths) > 4  # ...so the vote needed more than the first four paths
+    agreeing = rt.ask(SHEEP, strategy="sc", n=8, seed=5, temperature=0.2, max_tokens=96)
+    if len({p.answer for p in agreeing.paths[:4]}) == 1:
+        assert len(agreeing.paths) == 4 and agreeing.early_stopped
+
+
 def test_sc_weighted_votes_by_confidence(rt):
     result = rt.ask(SHEEP, strategy="sc", n=8, seed=3, weighted=True, early_stop=False, max_tokens=160)
     voting = [p for p in result.paths if p.vote > 0]
@@ -159,9 +170,28 @@ def test_majority_probability():
     assert majority_probability(2, 2) == pytest.approx(0.5)
 
 
+def test_paths_needed_launches_only_what_could_end_the_vote():
+    assert paths_needed(0, 0, running=0, left=8) == 4  # four agreeing answers end a question
+    assert paths_needed(1, 0, running=3, left=4) == 0  # the first four may still agree
+    assert paths_needed(1, 1, running=2, left=4) == 3  # a dissent: 6 of 7 would be needed
+    assert paths_needed(2, 2, running=0, left=4) == 4  # no agreement can end it: run them all
+    assert paths_needed(5, 0, running=0, left=0) == 0
+    assert paths_needed(0, 0, running=0, left=2) == 2  # fewer paths than a stop needs
+
+
+def test_vote_decided():
+    assert vote_decided({"3": 4.0}, 4, 4, undecided=4)  # 4 of 4 agree: Beta rule
+    assert not vote_decided({"3": 3.0}, 3, 3, undecided=5)
+    assert vote_decided({"3": 5.0, "4": 1.0}, 5, 6, undecided=2)  # cannot be overtaken
+    assert not vote_decided({"3": 4.0, "4": 2.0}, 4, 6, undecided=2)  # 4-4 still possible
+    assert not vote_decided({"3": 8.0}, 8, 8, undecided=0)  # nothing left to stop
+    assert not vote_decided({}, 0, 0, undecided=8)
+
+
 def test_lowest_group_confidence():
     assert lowest_group_confidence([-0.1] * 40 + [-2.0] * 32 + [-0.1] * 10, group=32) == pytest.approx(-2.0)
     assert lowest_group_confidence([None, -1.0, -3.0], group=32) == pytest.approx(-2.0)
+    assert lowest_group_confidence([float("nan"), -1.0, -3.0], group=32) == pytest.approx(-2.0)
     assert lowest_group_confidence([None]) is None
 
 

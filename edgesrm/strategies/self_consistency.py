@@ -1,15 +1,18 @@
 """sc: self-consistency. Several paths sampled in one batch over the shared prompt, their
 answers extracted and voted on.
 
-Early stopping (adaptive consistency, early-stopping SC): paths are launched in windows;
-after each finished path the vote is checked, and sampling stops when the leader can no
-longer be overtaken by the paths still running or not yet launched, or when a Beta
-posterior says the leader holds the majority with probability >= ``confidence``. Paths
-that can no longer change the outcome are dropped at once.
+Early stopping (adaptive consistency, early-stopping SC): no more paths run than could let
+the vote stop. A question starts with the fewest paths whose agreement would end it (4: a
+Beta posterior then gives the leader the majority with probability >= ``STOP_CONFIDENCE``);
+each dissenting answer launches, at once and in the same batch, the paths the vote now needs,
+up to ``n``. The run stops when the leader can no longer be overtaken by the paths still
+running or not yet launched, or when the Beta rule holds; paths that can no longer change the
+outcome are dropped then. On easy questions this costs half the tokens of ``n`` paths; on hard
+ones all ``n`` run, mostly side by side.
 
 Confidence weighting (DeepConf): each path's vote is weighted by its confidence (the
 exponential of its mean token log-probability), and a running path whose recent tokens
-fall below the least confident finished path is terminated early.
+fall below the least confident finished paths is terminated early.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 from ..answers import vote
 from .base import PRUNED, PathResult, PathRunner, Result, Task, finish, tokens_per_path
 
-WINDOW = 4  # paths launched at a time with early stopping
+WINDOW = 4  # paths that start a question with early stopping: 4 agreeing answers end it
 STOP_CONFIDENCE = 0.95  # Beta-posterior probability that the leader is the majority answer
 GROUP = 32  # tokens per group for DeepConf's sliding-window confidence
 
@@ -36,12 +39,34 @@ def majority_probability(leader: int, others: int) -> float:
 def lowest_group_confidence(logprobs: list[float | None], group: int = GROUP) -> float | None:
     """The lowest mean log-probability over any ``group`` consecutive sampled tokens."""
     values = np.array([lp for lp in logprobs if lp is not None], dtype=np.float64)
+    values = values[~np.isnan(values)]  # sampled without a measured log-probability
     if values.size == 0:
         return None
     if values.size <= group:
         return float(values.mean())
     sums = np.convolve(values, np.ones(group), "valid")
     return float(sums.min() / group)
+
+
+def vote_decided(tally: dict[str, float], lead: int, voting: int, undecided: int) -> bool:
+    """Whether sampling can stop: paths are still undecided, and the leader of ``tally``
+    (backed by ``lead`` of the ``voting`` paths) can no longer be overtaken by them, a vote
+    weighing at most 1, or the Beta rule gives it the majority."""
+    if not tally or not undecided:
+        return False
+    counts = sorted(tally.values(), reverse=True) + [0.0]
+    settled = counts[0] - counts[1] > undecided
+    return settled or (voting >= 3 and majority_probability(lead, voting - lead) >= STOP_CONFIDENCE)
+
+
+def paths_needed(leader: int, others: int, running: int, left: int) -> int:
+    """The fewest new paths (at most ``left``) that, with the ``running`` ones, could still
+    make the Beta rule stop the vote if they all agreed with the leader; ``left`` if none can."""
+    for extra in range(left + 1):
+        agreeing = leader + running + extra
+        if agreeing + others >= 3 and majority_probability(agreeing, others) >= STOP_CONFIDENCE:
+            return extra
+    return left
 
 
 def run(task: Task) -> Result:
@@ -69,44 +94,52 @@ def run(task: Task) -> Result:
             if seq.finished and seq.index not in done:
                 done[seq.index] = runner.result(seq)
 
+    def prune_unconfident(running: list) -> None:
+        """DeepConf: drop running paths whose last GROUP tokens are less confident than
+        nearly all finished paths."""
+        finished_conf = [lowest_group_confidence(s.logprobs) for s in launched
+                         if s.finished and done[s.index].answer is not None and s.finish_reason != PRUNED]
+        finished_conf = [c for c in finished_conf if c is not None]
+        if len(finished_conf) < min(WINDOW, max(2, n // 2)):  # warm-up: too few finished paths
+            return
+        state["threshold"] = float(np.percentile(finished_conf, 10))
+        for seq in running:
+            recent = [lp for lp in seq.logprobs[-GROUP:] if lp is not None and not math.isnan(lp)]
+            if len(recent) == GROUP and sum(recent) / GROUP < state["threshold"]:
+                gen.drop(seq, PRUNED)
+                done[seq.index] = runner.result(seq)
+
+    def time_for_another_path() -> bool:
+        """A path launched now must be able to finish before the deadline, judging by the
+        paths that have finished."""
+        if task.deadline.seconds is None or not done:
+            return True
+        typical = float(np.median([p.seconds for p in done.values()]))
+        return task.deadline.remaining > 1.2 * typical
+
     def update() -> bool:
         collect()
         running = [s for s in launched if not s.finished]
         if weighted:
-            finished_conf = [lowest_group_confidence(s.logprobs) for s in launched
-                             if s.finished and done[s.index].answer is not None and s.finish_reason != PRUNED]
-            finished_conf = [c for c in finished_conf if c is not None]
-            if len(finished_conf) >= min(WINDOW, max(2, n // 2)):  # warm-up: enough finished paths
-                state["threshold"] = float(np.percentile(finished_conf, 10))
-                for seq in running:
-                    recent = [lp for lp in seq.logprobs[-GROUP:] if lp is not None]
-                    if len(recent) == GROUP and sum(recent) / GROUP < state["threshold"]:
-                        gen.drop(seq, PRUNED)
-                        done[seq.index] = runner.result(seq)
-                running = [s for s in launched if not s.finished]
-        if early_stop and done:
-            votes = [p.answer for p in done.values() if weight(p) > 0]
-            winner, tally = vote(votes)
-            counts = sorted(tally.values(), reverse=True) + [0.0, 0.0]
-            undecided = len(running) + (n - len(launched))
-            settled = counts[0] - counts[1] > undecided
-            confident = len(votes) >= 3 and majority_probability(int(counts[0]), len(votes) - int(counts[0])) >= STOP_CONFIDENCE
-            if winner is not None and (settled or confident) and (running or len(launched) < n):
-                for seq in running:
-                    gen.drop(seq, PRUNED)
-                    done[seq.index] = runner.result(seq)
-                state["early"] = True
-                return True
-        if not running and len(launched) < n:
-            # Another window only if it can finish in time: the last one is the measure.
-            window_s = task.deadline.elapsed - state["window_start"]
-            if task.deadline.remaining > 1.2 * window_s:
-                state["window_start"] = task.deadline.elapsed
-                launch(min(WINDOW if early_stop else n, n - len(launched)))
+            prune_unconfident(running)
+            running = [s for s in launched if not s.finished]
+        if not early_stop:
+            return False
+        voting = [p for p in done.values() if weight(p) > 0]
+        winner, tally = vote([p.answer for p in voting], [weight(p) for p in voting])
+        lead = sum(1 for p in voting if p.answer == winner)
+        if vote_decided(tally, lead, len(voting), undecided=len(running) + n - len(launched)):
+            for seq in running:
+                gen.drop(seq, PRUNED)
+                done[seq.index] = runner.result(seq)
+            state["early"] = True
+            return True
+        extra = paths_needed(lead, len(voting) - lead, len(running), n - len(launched))
+        if extra and time_for_another_path():
+            launch(extra)
         return False
 
-    state["window_start"] = task.deadline.elapsed
-    launch(min(WINDOW, n) if early_stop else n)
+    launch(paths_needed(0, 0, 0, n) if early_stop else n)
     try:
         runner.run(update)
         collect()
