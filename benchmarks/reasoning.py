@@ -40,10 +40,11 @@ from edgesrm.convert import quantize
 from edgesrm.eval import find_dataset, load_items
 from edgesrm.runtime import load
 from edgesrm.strategies import Task, run_strategy
-from edgesrm.strategies.self_consistency import vote_decided
+from edgesrm.strategies.self_consistency import STOP_CONFIDENCE, vote_decided
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("cot", "sc-batched", "sc-sequential", "sc-early", "budget")
+REPLAY_CONFIDENCES = (STOP_CONFIDENCE, 0.9, 0.8)  # the default rule, and looser ones for comparison
 
 
 def eval_model() -> Path:
@@ -85,7 +86,7 @@ def run_config(rt, config: str, question: str, seed: int, args) -> dict:
             "paths": [[p.answer, p.tokens, p.finish_reason] for p in result.paths]}
 
 
-def replay_early_stopping(paths: list[list]) -> tuple[str | None, int]:
+def replay_early_stopping(paths: list[list], confidence: float = STOP_CONFIDENCE) -> tuple[str | None, int]:
     """The early-stopping rule replayed on already sampled paths, taken one at a time in
     index order (as adaptive consistency is evaluated): the answer it stops on and the
     tokens of the paths it consumed. Free of the sampling noise between two real runs."""
@@ -95,7 +96,7 @@ def replay_early_stopping(paths: list[list]) -> tuple[str | None, int]:
         tokens += n_tokens
         winner, tally = vote(answers)
         voting = sum(1 for a in answers if a is not None)
-        if vote_decided(tally, int(tally.get(winner, 0)), voting, undecided=len(paths) - i - 1):
+        if vote_decided(tally, int(tally.get(winner, 0)), voting, len(paths) - i - 1, confidence):
             return winner, tokens
     return vote(answers)[0], tokens
 
@@ -128,13 +129,15 @@ def summarize(rows: list[dict], quant: str, seq_ids: set[int]) -> None:
         tok = sum(r["tokens"] for r in early) / max(1, sum(r["tokens"] for r in full))
         print(f"early stopping: accuracy {d_acc:+.1f} points, tokens {tok:.2f} of full sc-8 "
               f"({len(ids)} questions, two independent runs)")
-    replayed = [(r, replay_early_stopping(r["paths"])) for r in stats.get("sc-batched", []) if "paths" in r]
-    if replayed:
+    with_paths = [r for r in stats.get("sc-batched", []) if "paths" in r]
+    for confidence in REPLAY_CONFIDENCES if with_paths else ():
+        replayed = [(r, replay_early_stopping(r["paths"], confidence)) for r in with_paths]
         d_acc = 100 * np.mean([answers_match(ans, r["gold"]) - r["correct"] for r, (ans, _) in replayed])
         tok = sum(t for _, (_, t) in replayed) / max(1, sum(r["tokens"] for r, _ in replayed))
         agree = np.mean([ans == r["answer"] for r, (ans, _) in replayed])
-        print(f"early stopping replayed on sc-batched's own paths: accuracy {d_acc:+.1f} points, tokens {tok:.2f}, "
-              f"same answer on {100 * agree:.0f}% ({len(replayed)} questions)")
+        print(f"early stopping (Beta rule at {confidence}) replayed on sc-batched's own paths, one at a time: "
+              f"accuracy {d_acc:+.1f} points, tokens {tok:.2f}, same answer on {100 * agree:.0f}% "
+              f"({len(replayed)} questions)")
 
 
 def main() -> None:

@@ -48,7 +48,8 @@ def lowest_group_confidence(logprobs: list[float | None], group: int = GROUP) ->
     return float(sums.min() / group)
 
 
-def vote_decided(tally: dict[str, float], lead: int, voting: int, undecided: int) -> bool:
+def vote_decided(tally: dict[str, float], lead: int, voting: int, undecided: int,
+                 confidence: float = STOP_CONFIDENCE) -> bool:
     """Whether sampling can stop: paths are still undecided, and the leader of ``tally``
     (backed by ``lead`` of the ``voting`` paths) can no longer be overtaken by them, a vote
     weighing at most 1, or the Beta rule gives it the majority."""
@@ -56,7 +57,7 @@ def vote_decided(tally: dict[str, float], lead: int, voting: int, undecided: int
         return False
     counts = sorted(tally.values(), reverse=True) + [0.0]
     settled = counts[0] - counts[1] > undecided
-    return settled or (voting >= 3 and majority_probability(lead, voting - lead) >= STOP_CONFIDENCE)
+    return settled or (voting >= 3 and majority_probability(lead, voting - lead) >= confidence)
 
 
 def paths_needed(leader: int, others: int, running: int, left: int) -> int:
