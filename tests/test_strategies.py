@@ -100,7 +100,7 @@ def test_sc_stops_early_when_the_paths_agree(rt):
     assert early.completion_tokens <= 0.6 * full.completion_tokens  # ...so half the paths suffice
 
 
-def test_sc_launches_more_paths_only_when_answers_disagree(rt):
+def test_sc_launches_more_paths_when_answers_disagree(rt):
     question = "A shop sells pens at 3 dollars each and notebooks at 7 dollars each. Tom buys 4 pens and 6 notebooks. How much does he pay?"
     result = rt.ask(question, strategy="sc", n=8, seed=11, temperature=1.3, max_tokens=96)
     first = [p.answer for p in result.paths[:4]]

@@ -79,7 +79,8 @@ def run(task: Task) -> Result:
     per_path = tokens_per_path(task, n)
     launched = []
     done: dict[int, PathResult] = {}
-    state = {"early": False, "threshold": None}
+    group_confidence: dict[int, float | None] = {}  # DeepConf: finished voting paths' lowest group confidence
+    state = {"early": False}
 
     def launch(k: int) -> None:
         for _ in range(k):
@@ -90,25 +91,30 @@ def run(task: Task) -> Result:
             return 0.0
         return math.exp(p.confidence) if weighted and p.confidence is not None else 1.0
 
-    def collect() -> None:
-        for seq in launched:
-            if seq.finished and seq.index not in done:
-                done[seq.index] = runner.result(seq)
+    def collect() -> bool:
+        """Record the paths that have ended; whether there were any."""
+        new = [seq for seq in launched if seq.finished and seq.index not in done]
+        for seq in new:
+            done[seq.index] = runner.result(seq)
+            if weighted and seq.finish_reason != PRUNED and done[seq.index].answer is not None:
+                group_confidence[seq.index] = lowest_group_confidence(seq.logprobs)
+        return bool(new)
 
-    def prune_unconfident(running: list) -> None:
+    def prune_unconfident() -> bool:
         """DeepConf: drop running paths whose last GROUP tokens are less confident than
-        nearly all finished paths."""
-        finished_conf = [lowest_group_confidence(s.logprobs) for s in launched
-                         if s.finished and done[s.index].answer is not None and s.finish_reason != PRUNED]
-        finished_conf = [c for c in finished_conf if c is not None]
+        nearly all finished paths; whether any was dropped."""
+        finished_conf = [c for c in group_confidence.values() if c is not None]
         if len(finished_conf) < min(WINDOW, max(2, n // 2)):  # warm-up: too few finished paths
-            return
-        state["threshold"] = float(np.percentile(finished_conf, 10))
-        for seq in running:
+            return False
+        threshold = float(np.percentile(finished_conf, 10))
+        pruned = False
+        for seq in [s for s in launched if not s.finished]:
             recent = [lp for lp in seq.logprobs[-GROUP:] if lp is not None and not math.isnan(lp)]
-            if len(recent) == GROUP and sum(recent) / GROUP < state["threshold"]:
+            if len(recent) == GROUP and sum(recent) / GROUP < threshold:
                 gen.drop(seq, PRUNED)
                 done[seq.index] = runner.result(seq)
+                pruned = True
+        return pruned
 
     def time_for_another_path() -> bool:
         """A path launched now must be able to finish before the deadline, judging by the
@@ -119,13 +125,12 @@ def run(task: Task) -> Result:
         return task.deadline.remaining > 1.2 * typical
 
     def update() -> bool:
-        collect()
-        running = [s for s in launched if not s.finished]
+        ended = collect()
         if weighted:
-            prune_unconfident(running)
-            running = [s for s in launched if not s.finished]
-        if not early_stop:
+            ended = prune_unconfident() or ended
+        if not early_stop or not ended:  # the vote only changes when a path ends
             return False
+        running = [s for s in launched if not s.finished]
         voting = [p for p in done.values() if weight(p) > 0]
         winner, tally = vote([p.answer for p in voting], [weight(p) for p in voting])
         lead = sum(1 for p in voting if p.answer == winner)
