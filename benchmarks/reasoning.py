@@ -44,7 +44,7 @@ from edgesrm.strategies.self_consistency import STOP_CONFIDENCE, vote_decided
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("cot", "sc-batched", "sc-sequential", "sc-early", "budget")
-REPLAY_CONFIDENCES = (STOP_CONFIDENCE, 0.9, 0.8)  # the default rule, and looser ones for comparison
+REPLAY_CONFIDENCES = (0.95, 0.9, 0.8, 0.7, 0.65, 0.6)  # Beta thresholds the replay compares
 
 
 def eval_model() -> Path:
@@ -94,10 +94,9 @@ def replay_early_stopping(paths: list[list], confidence: float = STOP_CONFIDENCE
     for i, (answer, n_tokens, _reason) in enumerate(paths):
         answers.append(answer)
         tokens += n_tokens
-        winner, tally = vote(answers)
-        voting = sum(1 for a in answers if a is not None)
-        if vote_decided(tally, int(tally.get(winner, 0)), voting, len(paths) - i - 1, confidence):
-            return winner, tokens
+        _, tally = vote(answers)
+        if vote_decided(tally, tally, len(paths) - i - 1, confidence):
+            break
     return vote(answers)[0], tokens
 
 
@@ -130,12 +129,13 @@ def summarize(rows: list[dict], quant: str, seq_ids: set[int]) -> None:
         print(f"early stopping: accuracy {d_acc:+.1f} points, tokens {tok:.2f} of full sc-8 "
               f"({len(ids)} questions, two independent runs)")
     with_paths = [r for r in stats.get("sc-batched", []) if "paths" in r]
-    for confidence in REPLAY_CONFIDENCES if with_paths else ():
+    for confidence in sorted({STOP_CONFIDENCE, *REPLAY_CONFIDENCES}, reverse=True) if with_paths else ():
         replayed = [(r, replay_early_stopping(r["paths"], confidence)) for r in with_paths]
         d_acc = 100 * np.mean([answers_match(ans, r["gold"]) - r["correct"] for r, (ans, _) in replayed])
         tok = sum(t for _, (_, t) in replayed) / max(1, sum(r["tokens"] for r, _ in replayed))
         agree = np.mean([ans == r["answer"] for r, (ans, _) in replayed])
-        print(f"early stopping (Beta rule at {confidence}) replayed on sc-batched's own paths, one at a time: "
+        default = " (the default)" if confidence == STOP_CONFIDENCE else ""
+        print(f"early stopping (Beta rule at {confidence}{default}) replayed on sc-batched's own paths, one at a time: "
               f"accuracy {d_acc:+.1f} points, tokens {tok:.2f}, same answer on {100 * agree:.0f}% "
               f"({len(replayed)} questions)")
 
@@ -144,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="GGUF (default: the evaluation model)")
     parser.add_argument("--quants", default="Q4_K_M,Q4_0", help="as shipped (Q4_K_M) and/or requantized types")
+    parser.add_argument("--dataset", default="gsm8k",
+                        help="gsm8k (its test set) or a JSONL path, e.g. the train set to calibrate on")
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--seq-limit", type=int, default=10, help="questions on which sc-sequential also runs")
     parser.add_argument("--n", type=int, default=8)
@@ -156,13 +158,15 @@ def main() -> None:
     args = parser.parse_args()
 
     shipped = args.model or eval_model()
-    items = load_items(find_dataset("gsm8k"), args.limit)
+    dataset = find_dataset(args.dataset)
+    items = load_items(dataset, args.limit)
     seq_ids = {item.id for item in items[: args.seq_limit]}
     configs = [c for c in args.configs.split(",") if c]
     args.out.mkdir(parents=True, exist_ok=True)
     for quant in args.quants.split(","):
         path = shipped if quant == "Q4_K_M" else requantize(shipped, quant)
-        log = args.out / f"{path.stem}.jsonl"
+        suffix = "" if args.dataset == "gsm8k" else f"-{dataset.stem}"
+        log = args.out / f"{path.stem}{suffix}.jsonl"
         rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         done = {(r["id"], r["config"]) for r in rows}
         rt = load(path, n_ctx=1024 + args.n * args.max_tokens, max_sequences=args.n, threads=args.threads)

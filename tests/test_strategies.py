@@ -7,13 +7,16 @@ text, budgets, votes, early stopping), not accuracy; accuracy is measured by
 
 import pytest
 
+from edgesrm.answers import vote
 from edgesrm.budget import Budget, Deadline
 from edgesrm.chat import ChatFormat
 from edgesrm.engine import SamplingParams
 from edgesrm.errors import EdgesrmError
 from edgesrm.runtime import Runtime
 from edgesrm.strategies import STRATEGIES, Task, auto, run_strategy
-from edgesrm.strategies.self_consistency import lowest_group_confidence, majority_probability, paths_needed, vote_decided
+from edgesrm.strategies.self_consistency import (
+    first_paths, lead_probability, lowest_group_confidence, paths_needed, vote_decided,
+)
 
 SHEEP = "A farmer has 17 sheep and buys 5 more. How many sheep does he have now?"
 ESSAY = "Write a long essay about the history of the Roman empire."
@@ -96,16 +99,16 @@ def test_sc_stops_early_when_the_paths_agree(rt):
     early = rt.ask(question, strategy="sc", n=8, seed=5, temperature=0.2, early_stop=True, max_tokens=64)
     assert len(set(p.answer for p in full.paths)) == 1  # they agree...
     assert early.early_stopped and early.extracted == full.extracted
-    assert len(early.paths) == 4  # only the paths whose agreement could end it were launched
-    assert early.completion_tokens <= 0.6 * full.completion_tokens  # ...so half the paths suffice
+    assert len(early.paths) == first_paths(8) == 3  # only the paths whose agreement could end it ran
+    assert early.completion_tokens <= 0.5 * full.completion_tokens  # ...so 3 of 8 suffice
 
 
 def test_sc_launches_more_paths_when_answers_disagree(rt):
     question = "A shop sells pens at 3 dollars each and notebooks at 7 dollars each. Tom buys 4 pens and 6 notebooks. How much does he pay?"
     result = rt.ask(question, strategy="sc", n=8, seed=11, temperature=1.3, max_tokens=96)
-    first = [p.answer for p in result.paths[:4]]
+    first = [p.answer for p in result.paths[: first_paths(8)]]
     assert len(set(first)) > 1  # the 135M model disagrees with itself here...
-    assert len(result.paths) > 4  # ...so the vote needed more than the first four paths
+    assert len(result.paths) > len(first)  # ...so the vote needed more than the first paths
 
 
 def test_sc_weighted_votes_by_confidence(rt):
@@ -162,28 +165,39 @@ def test_auto_choice_follows_measured_speed(rt, monkeypatch):
     assert auto.choose(t) == ("budget", 1)  # fewer tokens than one typical chain
 
 
-def test_majority_probability():
-    assert majority_probability(4, 0) == pytest.approx(1 - 0.5**5)
-    assert majority_probability(3, 0) < 0.95 < majority_probability(4, 0)
-    assert majority_probability(2, 2) == pytest.approx(0.5)
+def test_lead_probability():
+    assert lead_probability(4, 0) == pytest.approx(1 - 0.5**5)
+    assert lead_probability(3, 0) < 0.95 < lead_probability(4, 0)
+    assert lead_probability(2, 2) == pytest.approx(0.5)
+    assert lead_probability(2, 1) == pytest.approx(11 / 16)
 
 
 def test_paths_needed_launches_only_what_could_end_the_vote():
-    assert paths_needed(0, 0, running=0, left=8) == 4  # four agreeing answers end a question
-    assert paths_needed(1, 0, running=3, left=4) == 0  # the first four may still agree
-    assert paths_needed(1, 1, running=2, left=4) == 3  # a dissent: 6 of 7 would be needed
-    assert paths_needed(2, 2, running=0, left=4) == 4  # no agreement can end it: run them all
-    assert paths_needed(5, 0, running=0, left=0) == 0
-    assert paths_needed(0, 0, running=0, left=2) == 2  # fewer paths than a stop needs
+    assert first_paths(8, confidence=0.95) == 4  # four agreeing answers end a question
+    assert first_paths(8, confidence=0.9) == 3
+    assert first_paths(2, confidence=0.95) == 2  # fewer paths than a stop needs
+    assert paths_needed(1, 0, 1, running=3, left=4, confidence=0.95) == 0  # the first four may still agree
+    assert paths_needed(1, 1, 2, running=2, left=4, confidence=0.95) == 3  # a dissent: 6 against 1 is needed
+    assert paths_needed(2, 2, 4, running=0, left=4, confidence=0.95) == 4  # no agreement can end it: run them all
+    assert paths_needed(1, 1, 2, running=0, left=6, confidence=0.65) == 1  # 2 against 1 is enough at 0.65
 
 
 def test_vote_decided():
-    assert vote_decided({"3": 4.0}, 4, 4, undecided=4)  # 4 of 4 agree: Beta rule
-    assert not vote_decided({"3": 3.0}, 3, 3, undecided=5)
-    assert vote_decided({"3": 5.0, "4": 1.0}, 5, 6, undecided=2)  # cannot be overtaken
-    assert not vote_decided({"3": 4.0, "4": 2.0}, 4, 6, undecided=2)  # 4-4 still possible
-    assert not vote_decided({"3": 8.0}, 8, 8, undecided=0)  # nothing left to stop
-    assert not vote_decided({}, 0, 0, undecided=8)
+    def decided(answers, undecided, confidence=0.95, weights=None):
+        return vote_decided(vote(answers, weights)[1], vote(answers)[1], undecided, confidence)
+
+    assert decided(["3"] * 4, undecided=4)  # 4 of 4 agree: Beta criterion
+    assert not decided(["3"] * 3, undecided=5)
+    assert decided(["3"] * 5 + ["4"], undecided=2)  # cannot be overtaken
+    assert not decided(["3"] * 4 + ["4"] * 2, undecided=2)  # 4-4 still possible
+    assert not decided(["3"] * 8, undecided=0)  # nothing left to stop
+    assert not decided([], undecided=8)
+    assert not decided(["3", "3"], undecided=6, confidence=0.6)  # never on fewer than 3 answers
+    # The leader has to beat the runner-up, not every dissenter together: wrong answers scatter.
+    assert decided(["3"] * 4 + ["4", "5"], undecided=4, confidence=0.85)  # 4 against 1
+    assert not decided(["3"] * 4 + ["4", "4"], undecided=4, confidence=0.85)  # 4 against 2
+    # With weights, the leader is the weighted winner; the criterion counts its paths.
+    assert not decided(["3", "3", "3", "4", "4"], undecided=3, confidence=0.6, weights=[0.1] * 3 + [1, 1])
 
 
 def test_lowest_group_confidence():

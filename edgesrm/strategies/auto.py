@@ -15,7 +15,7 @@ from dataclasses import replace
 from ..speed import decode_speed
 from . import budget_forcing, cot, self_consistency
 from .base import Result, Task
-from .self_consistency import WINDOW
+from .self_consistency import first_paths
 
 SAFETY = 0.8  # plan to use this share of the deadline
 # Share of N paths' tokens early-stopping SC is expected to use: 0.89 measured on 50 GSM8K
@@ -26,7 +26,7 @@ EARLY_STOP_TOKENS = 0.9
 def prepare(engine, n: int) -> None:
     """Measure (once per model and machine) the speeds ``choose`` needs, so that the
     measurement is not charged to the answer's deadline."""
-    for width in sorted({1, min(n, WINDOW, engine.config.max_sequences)}):
+    for width in sorted({1, min(first_paths(n), engine.config.max_sequences)}):
         decode_speed(engine, width)
 
 
@@ -45,8 +45,8 @@ def choose(task: Task) -> tuple[str, int]:
             continue
         if token_budget is not None and token_budget < EARLY_STOP_TOKENS * n * length:
             continue
-        windows = math.ceil(n / WINDOW)
-        seconds = windows * length / (decode_speed(task.engine, min(n, WINDOW)) / min(n, WINDOW))
+        width = first_paths(n)  # worst case: all n paths, in rounds this wide
+        seconds = math.ceil(n / width) * length / (decode_speed(task.engine, width) / width)
         if deadline is None or seconds <= SAFETY * deadline:
             return "sc", n
     cot_fits_time = deadline is None or length / decode_speed(task.engine, 1) <= SAFETY * deadline

@@ -2,13 +2,13 @@
 answers extracted and voted on.
 
 Early stopping (adaptive consistency, early-stopping SC): no more paths run than could let
-the vote stop. A question starts with the fewest paths whose agreement would end it (4: a
-Beta posterior then gives the leader the majority with probability >= ``STOP_CONFIDENCE``);
-each dissenting answer launches, at once and in the same batch, the paths the vote now needs,
-up to ``n``. The run stops when the leader can no longer be overtaken by the paths still
-running or not yet launched, or when the Beta rule holds; paths that can no longer change the
-outcome are dropped then. On easy questions this costs half the tokens of ``n`` paths; on hard
-ones all ``n`` run, mostly side by side.
+the vote stop. A question starts with the fewest paths whose agreement would end it; each
+dissenting answer launches, at once and in the same batch, the paths the vote now needs, up
+to ``n``. The run stops when the leader can no longer be overtaken by the paths still running
+or not yet launched, or when Adaptive-Consistency's Beta criterion holds: the leader's count
+against the runner-up's gives it the lead with probability >= ``STOP_CONFIDENCE``. Paths that
+can no longer change the outcome are dropped then. Wrong numeric answers scatter, so the
+runner-up, not all dissenters together, is what the leader has to beat.
 
 Confidence weighting (DeepConf): each path's vote is weighted by its confidence (the
 exponential of its mean token log-probability), and a running path whose recent tokens
@@ -24,15 +24,18 @@ import numpy as np
 from ..answers import vote
 from .base import PRUNED, PathResult, PathRunner, Result, Task, finish, tokens_per_path
 
-WINDOW = 4  # paths that start a question with early stopping: 4 agreeing answers end it
-STOP_CONFIDENCE = 0.95  # Beta-posterior probability that the leader is the majority answer
+# Beta-posterior probability that the leader is ahead of the runner-up. 0.7 is the lowest
+# threshold that lost no accuracy replayed on 40 GSM8K train questions (benchmarks/RESULTS.md).
+STOP_CONFIDENCE = 0.7
+MIN_VOTES = 3  # never stop on fewer answers than this
 GROUP = 32  # tokens per group for DeepConf's sliding-window confidence
+WARMUP = 4  # DeepConf: finished paths needed before running ones can be judged against them
 
 
-def majority_probability(leader: int, others: int) -> float:
-    """P(p > 1/2) for p ~ Beta(leader + 1, others + 1): how sure the vote's leader is the
-    majority answer of the model's distribution (uniform prior)."""
-    n = leader + others + 1
+def lead_probability(leader: int, runner_up: int) -> float:
+    """P(p > 1/2) for p ~ Beta(leader + 1, runner_up + 1): how sure the vote's leader is more
+    likely than the runner-up under the model's answer distribution (uniform prior)."""
+    n = leader + runner_up + 1
     return sum(math.comb(n, k) for k in range(leader + 1)) / 2**n
 
 
@@ -48,26 +51,43 @@ def lowest_group_confidence(logprobs: list[float | None], group: int = GROUP) ->
     return float(sums.min() / group)
 
 
-def vote_decided(tally: dict[str, float], lead: int, voting: int, undecided: int,
+def standing(tally: dict[str, float], counts: dict[str, float]) -> tuple[int, int]:
+    """Paths behind the leader of ``tally`` (the vote, maybe confidence-weighted) and behind
+    the runner-up, from ``counts`` (paths per answer)."""
+    if not tally:
+        return 0, 0
+    leader = next(iter(tally))
+    return int(counts.get(leader, 0)), int(max((c for a, c in counts.items() if a != leader), default=0))
+
+
+def vote_decided(tally: dict[str, float], counts: dict[str, float], undecided: int,
                  confidence: float = STOP_CONFIDENCE) -> bool:
-    """Whether sampling can stop: paths are still undecided, and the leader of ``tally``
-    (backed by ``lead`` of the ``voting`` paths) can no longer be overtaken by them, a vote
-    weighing at most 1, or the Beta rule gives it the majority."""
+    """Whether sampling can stop: paths are still ``undecided``, and the leader of ``tally``
+    can no longer be overtaken by them (each weighs at most 1), or the Beta criterion on
+    its count against the runner-up's gives it the lead."""
     if not tally or not undecided:
         return False
-    counts = sorted(tally.values(), reverse=True) + [0.0]
-    settled = counts[0] - counts[1] > undecided
-    return settled or (voting >= 3 and majority_probability(lead, voting - lead) >= confidence)
+    weights = sorted(tally.values(), reverse=True) + [0.0]
+    if weights[0] - weights[1] > undecided:
+        return True
+    leader, runner_up = standing(tally, counts)
+    return sum(counts.values()) >= MIN_VOTES and lead_probability(leader, runner_up) >= confidence
 
 
-def paths_needed(leader: int, others: int, running: int, left: int) -> int:
+def paths_needed(leader: int, runner_up: int, voting: int, running: int, left: int,
+                 confidence: float = STOP_CONFIDENCE) -> int:
     """The fewest new paths (at most ``left``) that, with the ``running`` ones, could still
-    make the Beta rule stop the vote if they all agreed with the leader; ``left`` if none can."""
+    make the Beta criterion stop the vote if they all agreed with the leader; ``left`` if none can."""
     for extra in range(left + 1):
         agreeing = leader + running + extra
-        if agreeing + others >= 3 and majority_probability(agreeing, others) >= STOP_CONFIDENCE:
+        if voting + running + extra >= MIN_VOTES and lead_probability(agreeing, runner_up) >= confidence:
             return extra
     return left
+
+
+def first_paths(n: int, confidence: float = STOP_CONFIDENCE) -> int:
+    """Paths a question starts with under early stopping: the fewest whose agreement ends it."""
+    return paths_needed(0, 0, 0, 0, n, confidence)
 
 
 def run(task: Task) -> Result:
@@ -104,7 +124,7 @@ def run(task: Task) -> Result:
         """DeepConf: drop running paths whose last GROUP tokens are less confident than
         nearly all finished paths; whether any was dropped."""
         finished_conf = [c for c in group_confidence.values() if c is not None]
-        if len(finished_conf) < min(WINDOW, max(2, n // 2)):  # warm-up: too few finished paths
+        if len(finished_conf) < min(WARMUP, max(2, n // 2)):  # warm-up: too few finished paths
             return False
         threshold = float(np.percentile(finished_conf, 10))
         pruned = False
@@ -132,20 +152,21 @@ def run(task: Task) -> Result:
             return False
         running = [s for s in launched if not s.finished]
         voting = [p for p in done.values() if weight(p) > 0]
-        winner, tally = vote([p.answer for p in voting], [weight(p) for p in voting])
-        lead = sum(1 for p in voting if p.answer == winner)
-        if vote_decided(tally, lead, len(voting), undecided=len(running) + n - len(launched)):
+        _, tally = vote([p.answer for p in voting], [weight(p) for p in voting])
+        _, counts = vote([p.answer for p in voting])
+        if vote_decided(tally, counts, undecided=len(running) + n - len(launched)):
             for seq in running:
                 gen.drop(seq, PRUNED)
                 done[seq.index] = runner.result(seq)
             state["early"] = True
             return True
-        extra = paths_needed(lead, len(voting) - lead, len(running), n - len(launched))
+        leader, runner_up = standing(tally, counts)
+        extra = paths_needed(leader, runner_up, len(voting), len(running), n - len(launched))
         if extra and time_for_another_path():
             launch(extra)
         return False
 
-    launch(paths_needed(0, 0, 0, n) if early_stop else n)
+    launch(first_paths(n) if early_stop else n)
     try:
         runner.run(update)
         collect()
