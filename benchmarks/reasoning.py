@@ -19,6 +19,8 @@ configuration, and the ratios the targets are about:
 
     python benchmarks/reasoning.py --limit 50            # hours on 2 cores
     python benchmarks/reasoning.py --limit 5 --seq-limit 2   # a smoke run
+    # the train-set run the early-stopping threshold was chosen on:
+    python benchmarks/reasoning.py --dataset ../shared/data/gsm8k/train.jsonl --limit 40 --configs sc-batched --quants Q4_K_M
 """
 
 from __future__ import annotations
