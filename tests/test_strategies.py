@@ -156,7 +156,7 @@ def test_auto_without_budget_is_cot_and_with_tight_deadline_stays_in_time(rt):
 def test_auto_choice_follows_measured_speed(rt, monkeypatch):
     t = task(rt, SHEEP, budget=Budget(deadline_s=10.0), max_tokens=256)
     monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 100.0 * n)  # 100 tok/s per path
-    assert auto.choose(t) == ("sc", 8)  # 2 windows x 2.56 s fit in 8 s
+    assert auto.choose(t) == ("sc", 8)  # 3 rounds of 3 paths x 2.56 s fit in 8 s
     monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 40.0 * n ** 0.5)
     assert auto.choose(t) == ("cot", 1)  # 6.4 s alone; paths in parallel are too slow
     monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 10.0)

@@ -46,7 +46,9 @@ def choose(task: Task) -> tuple[str, int]:
             continue
         if token_budget is not None and token_budget < EARLY_STOP_TOKENS * n * length:
             continue
-        width = first_paths(n)  # worst case: all n paths, in rounds this wide
+        # All n paths, in rounds as wide as the first launch. Dissent can split a round; sc then
+        # launches no path that cannot finish by the deadline.
+        width = first_paths(n)
         seconds = math.ceil(n / width) * length / (decode_speed(task.engine, width) / width)
         if deadline is None or seconds <= SAFETY * deadline:
             return "sc", n
