@@ -10,7 +10,7 @@ import psutil
 
 from . import __version__
 from .engine import backend_report
-from .engine.backend import default_threads
+from .engine.backend import default_threads, use_extra_buffer_types
 from .errors import EdgesrmError
 from .models import default_model_path
 
@@ -30,6 +30,8 @@ def doctor_report() -> dict:
         "backend": backend.name,
         "gpu_offload": backend.gpu_offload,
         "cpu_features": backend.cpu_features,
+        # False on builds with AMX compiled in, which crash in llama.cpp's AMX kernels (backend.py).
+        "repacked_weights": use_extra_buffer_types(),
         "threads_default": default_threads(),
         "cpu_logical": os.cpu_count(),
         "memory_total_mb": memory.total // 2**20,

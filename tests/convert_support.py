@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesrm.engine.backend import lib, recent_errors
+from edgesrm.engine.backend import lib, recent_errors, use_extra_buffer_types
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +48,7 @@ class LlamaCpp:
         llama = self.llama = lib()
         params = llama.llama_model_default_params()
         params.n_gpu_layers = 0
+        params.use_extra_bufts = use_extra_buffer_types()  # AMX builds crash (edgesrm.engine.backend)
         self.model = llama.llama_model_load_from_file(str(gguf).encode(), params)
         assert self.model, f"llama.cpp cannot load {gguf}: {recent_errors()}"
         self.vocab = llama.llama_model_get_vocab(self.model)

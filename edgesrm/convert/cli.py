@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import click
 
+from ..checks import MAX_THREADS
 from .archs import FAMILIES, OUTTYPES
 from .quantize import QUANT_TYPES
 
@@ -53,7 +54,8 @@ def convert(src: str, out: str, outtype: str | None, quant: str | None, revision
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--quant", required=True, metavar="TYPE", help=QUANT_HELP)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads. Default: physical cores.")
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+              help="Threads. Default: physical cores.")
 @click.option("--allow-requantize", is_flag=True, help="Accept an already quantized input (loses more quality).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def quantize(src: str, out: str, quant: str, threads: int | None, allow_requantize: bool, force: bool) -> None:

@@ -75,6 +75,22 @@ def lib():
     return llama_cpp
 
 
+def use_extra_buffer_types() -> bool:
+    """Whether llama.cpp may put weights in the CPU's extra buffer types (repacked layouts).
+
+    Not with a build that has Intel AMX compiled in (``AMX_INT8 = 1``, what a native build on a
+    Sapphire Rapids or later Xeon gives): the AMX matrix multiplication of the llama.cpp that
+    llama-cpp-python 0.3.36 vendors crashes the process (SIGSEGV in ``ggml_backend_amx_mul_mat``
+    on the first multi-token decode of a Q4_1 model, measured here), and llama.cpp offers the AMX
+    layout before the AVX-512 repack one, so both go. ``EDGESRM_ALLOW_AMX=1`` keeps them (for a
+    fixed llama.cpp); rebuilding with ``python native/build_llama_cpp.py`` leaves AMX out and
+    keeps the repack layouts.
+    """
+    if os.environ.get("EDGESRM_ALLOW_AMX") == "1":
+        return True
+    return "AMX_INT8 = 1" not in lib().llama_print_system_info().decode("utf-8", "replace")
+
+
 def default_threads() -> int:
     """Physical cores: llama.cpp decode is compute-bound and hyper-threads only add contention."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1

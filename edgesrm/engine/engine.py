@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import ctypes
 import math
+import numbers
 import time
+import warnings
 from collections.abc import Callable, Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgesrmError
+from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX, check_int, show
+from ..errors import EdgesrmError, EdgesrmWarning
 from ..models import resolve_model
-from .backend import KV_TYPES, clear_errors, default_gpu_layers, default_threads, lib, recent_errors
+from .backend import (
+    KV_TYPES, clear_errors, default_gpu_layers, default_threads, lib, recent_errors, use_extra_buffer_types,
+)
 from .sampling import SamplingParams, free_chain, make_chain
-from .text import StopScanner, Utf8Stream
+from .text import StopScanner, Utf8Stream, clean_text
 
 TextCallback = Callable[["Sequence", str], None]
 
@@ -40,7 +45,11 @@ DROPPED = "dropped"  # the caller dropped it
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Context settings. ``None`` picks the machine's default (see ``backend``)."""
+    """Context settings. ``None`` picks the machine's default (see ``backend``).
+
+    Numbers are checked (``edgesrm.checks``): n_ctx 16 to 262,144, n_threads 1 to 512,
+    n_gpu_layers -1 (all) to 2**31 - 1, max_sequences 1 to 255, n_batch 1 to 262,144.
+    """
 
     n_ctx: int = 4096
     n_threads: int | None = None
@@ -50,14 +59,15 @@ class EngineConfig:
     n_batch: int = 512
 
     def __post_init__(self) -> None:
-        if self.kv_type not in KV_TYPES:
+        if not isinstance(self.kv_type, str) or self.kv_type not in KV_TYPES:
             raise EdgesrmError(f"unknown KV cache type {self.kv_type!r}; choose one of {', '.join(KV_TYPES)}")
-        if self.n_ctx < 16:
-            raise EdgesrmError(f"context size must be at least 16 tokens, got {self.n_ctx}")
-        if self.max_sequences < 1:
-            raise EdgesrmError(f"max_sequences must be at least 1, got {self.max_sequences}")
-        if self.n_threads is not None and self.n_threads < 1:
-            raise EdgesrmError(f"threads must be at least 1, got {self.n_threads}")
+        set_field = object.__setattr__  # checked, and made plain ints, before they reach llama.cpp
+        set_field(self, "n_ctx", check_int("n_ctx (context size)", self.n_ctx, MIN_CTX, MAX_CTX))
+        set_field(self, "n_threads", check_int("n_threads", self.n_threads, 1, MAX_THREADS, optional=True))
+        # -1 offloads every layer, as in llama.cpp; so does any number above the model's layers.
+        set_field(self, "n_gpu_layers", check_int("n_gpu_layers", self.n_gpu_layers, -1, INT32_MAX, optional=True))
+        set_field(self, "max_sequences", check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES))
+        set_field(self, "n_batch", check_int("n_batch", self.n_batch, 1, MAX_CTX))
 
 
 @dataclass
@@ -89,9 +99,11 @@ class Sequence:
     _chain: object = None
     _logits_index: int | None = None  # batch row of the logits it last sampled from
     _logits_step: int = -1  # ... and the step that row belongs to
+    _logits_decode: int = -1  # ... and the engine's llama_decode count then (later ones overwrite it)
     _utf8: Utf8Stream = field(default_factory=Utf8Stream)
     _stops: StopScanner = field(default_factory=lambda: StopScanner(()))
     _on_text: TextCallback | None = None
+    _generation: object = field(default=None, repr=False, compare=False)  # the Generation it belongs to
 
     @property
     def finished(self) -> bool:
@@ -129,6 +141,7 @@ class Engine:
         gpu = self.config.n_gpu_layers
         clear_errors()
         model_params.n_gpu_layers = default_gpu_layers() if gpu is None else gpu
+        model_params.use_extra_bufts = use_extra_buffer_types()
         self._model = llama.llama_model_load_from_file(str(self.model_path).encode(), model_params)
         if not self._model:
             raise EdgesrmError(f"cannot load {self.model_path}: {recent_errors() or 'llama.cpp gave no reason'}")
@@ -154,11 +167,17 @@ class Engine:
             raise EdgesrmError(f"llama.cpp could not create a context: {recent_errors() or 'unknown error'}")
         # llama.cpp may round the context up and clamp the batch to it: use what it chose.
         self.n_ctx = llama.llama_n_ctx(self._ctx)
+        if 0 < self.n_ctx_train < self.config.n_ctx:
+            warnings.warn(EdgesrmWarning(
+                f"a context of {self.config.n_ctx:,} tokens is longer than the {self.n_ctx_train:,} "
+                f"{self.model_path.name} was trained for: expect worse output past {self.n_ctx_train:,} tokens"
+            ), stacklevel=2)
         self.n_batch = llama.llama_n_batch(self._ctx)
         self.n_threads = threads
         self._memory = llama.llama_get_memory(self._ctx)
         self._batch = llama.llama_batch_init(self.n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
+        self._control_tokens: tuple[str, ...] | None = None
         self._generation: Generation | None = None
 
     # -- model metadata -------------------------------------------------------------
@@ -194,7 +213,7 @@ class Engine:
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         """Tokenize ``text``; ``parse_special`` lets ``<|im_end|>``-style markers become their tokens."""
-        data = text.encode("utf-8")
+        data = clean_text(text).encode("utf-8")
         capacity = len(data) + 8
         for _ in range(2):
             buf = (ctypes.c_int32 * capacity)()
@@ -204,10 +223,55 @@ class Engine:
             capacity = -n
         raise EdgesrmError("tokenization failed")
 
+    def tokenize_prompt(self, prompt: str | Seq[tuple[str, bool]]) -> list[int]:
+        """Token ids of a prompt, starting with exactly one BOS when the model adds one.
+
+        ``prompt`` is text (control-token strings in it are parsed) or the pieces of a
+        ``ChatPrompt``: ``(text, parse_special)`` pairs, where the pieces with
+        ``parse_special=False`` are text typed by a user and never become control tokens.
+        A template that writes ``{{ bos_token }}`` itself and a GGUF that says
+        ``add_bos_token`` give one BOS, not two (as llama.cpp's server does).
+        """
+        pieces = [(prompt, True)] if isinstance(prompt, str) else list(prompt)
+        ids: list[int] = []
+        for i, (text, special) in enumerate(pieces):
+            if not text:
+                continue
+            if i == 0:
+                ids += self.tokenize(text, parse_special=special)
+                continue
+            # A piece after the first continues the text: tokenized after a newline, whose
+            # tokens are then cut, so that SentencePiece adds no space prefix in the middle.
+            newline = self.tokenize("\n", parse_special=False)
+            with_newline = self.tokenize("\n" + text, parse_special=special)
+            ids += (with_newline[len(newline):] if with_newline[: len(newline)] == newline
+                    else self.tokenize(text, parse_special=special))
+        bos = self.bos_token
+        if self.add_bos and bos >= 0 and ids[:1] != [bos]:
+            ids.insert(0, bos)
+        return ids
+
+    @property
+    def control_tokens(self) -> tuple[str, ...]:
+        """Texts of the vocabulary's control tokens (``<|im_start|>``, BOS, EOS...), which a
+        chat template writes and a user's message must not (see ``ChatFormat``)."""
+        if self._control_tokens is None:
+            llama, vocab = self._llama, self.vocab
+            control = llama.LLAMA_TOKEN_ATTR_CONTROL
+            texts = []
+            for token in range(self.n_vocab):
+                if llama.llama_vocab_get_attr(vocab, token) & control:
+                    text = llama.llama_vocab_get_text(vocab, token)
+                    if text:
+                        texts.append(text.decode("utf-8", "replace"))
+            self._control_tokens = tuple(texts)
+        return self._control_tokens
+
     def piece(self, token: int) -> bytes:
         """The bytes of one token as it appears in text (control tokens are empty)."""
         cached = self._pieces.get(token)
         if cached is None:
+            self._check_token(token)
             buf = ctypes.create_string_buffer(64)
             n = self._llama.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
             if n < 0:
@@ -218,11 +282,17 @@ class Engine:
 
     def detokenize_special(self, token: int) -> str:
         """The text of a control token such as BOS or EOS (``""`` when there is none)."""
-        if token < 0:
+        if isinstance(token, int) and token < 0:  # llama.cpp's "no such token"
             return ""
+        self._check_token(token)
         buf = ctypes.create_string_buffer(256)
         n = self._llama.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
         return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def _check_token(self, token: object) -> None:
+        """llama.cpp aborts the process on a token id outside the vocabulary: refuse it here."""
+        if not isinstance(token, numbers.Integral) or isinstance(token, bool) or not 0 <= token < self.n_vocab:
+            raise EdgesrmError(f"token ids are integers from 0 to {self.n_vocab - 1:,}, got {show(token)}")
 
     def detokenize(self, tokens: Seq[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
@@ -230,10 +300,19 @@ class Engine:
     # -- generation -----------------------------------------------------------------
 
     def start(self, prompt: str | Seq[int], *, logprobs: bool = True) -> "Generation":
-        """Clear the KV cache and prefill ``prompt`` once; sequences are then added from it."""
+        """Clear the KV cache and prefill ``prompt`` once; sequences are then added from it.
+
+        ``prompt`` is text, a ``ChatPrompt`` (see ``tokenize_prompt``) or token ids (used as
+        they are).
+        """
         if self._generation is not None:
             self._generation.close()
-        tokens = self.tokenize(prompt, add_special=self.add_bos) if isinstance(prompt, str) else list(prompt)
+        if isinstance(prompt, str):
+            tokens = self.tokenize_prompt(prompt)
+        elif hasattr(prompt, "pieces"):  # a ChatPrompt
+            tokens = self.tokenize_prompt(prompt.pieces)
+        else:
+            tokens = list(prompt)
         if not tokens:
             raise EdgesrmError("the prompt is empty")
         if len(tokens) >= self.n_ctx:
@@ -245,8 +324,13 @@ class Engine:
         self._generation = Generation(self, tokens, logprobs)
         return self._generation
 
+    # Class defaults, so that they exist however far __init__ got.
+    _closed = False
+    _n_decodes = 0  # llama_decode calls so far: logits read after a later one are stale
+
     def _decode(self, items: list[tuple[int, int, int, bool]]) -> int:
         """Decode (token, pos, seq_id, wants_logits) items in one ``llama_decode``."""
+        self._n_decodes += 1
         batch = self._batch
         for i, (token, pos, seq_id, logits) in enumerate(items):
             batch.token[i] = token
@@ -258,20 +342,33 @@ class Engine:
         return self._llama.llama_decode(self._ctx, batch)
 
     def close(self) -> None:
-        """Free the native resources now (they are also freed when the engine is collected)."""
-        llama = self._llama
-        if self._generation is not None:
-            self._generation.close()
+        """Free the native resources now (they are also freed when the engine is collected).
+
+        Closing twice is harmless. Any later use of the engine, or of a generation it
+        started, raises ``EdgesrmError``: llama.cpp is replaced by a stand-in that refuses
+        every call, so nothing can reach the freed model or context.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        generation = getattr(self, "_generation", None)
+        if generation is not None:
+            generation.close()
             self._generation = None
-        if self._batch is not None:
+        llama = getattr(self, "_llama", None)
+        if llama is None:  # __init__ failed before loading anything
+            return
+        if getattr(self, "_batch", None) is not None:
             llama.llama_batch_free(self._batch)
             self._batch = None
-        if self._ctx:
+        if getattr(self, "_ctx", None):
             llama.llama_free(self._ctx)
             self._ctx = None
-        if self._model:
+        if getattr(self, "_model", None):
             llama.llama_model_free(self._model)
             self._model = None
+        self._pieces = {}
+        self._llama = _CLOSED_LIBRARY
 
     def __enter__(self) -> "Engine":
         return self
@@ -284,6 +381,16 @@ class Engine:
             self.close()
         except Exception:
             pass
+
+
+class _ClosedLibrary:
+    """Stands in for llama.cpp in a closed engine: every call is an ``EdgesrmError``."""
+
+    def __getattr__(self, name: str):
+        raise EdgesrmError("the engine is closed: load the model again")
+
+
+_CLOSED_LIBRARY = _ClosedLibrary()
 
 
 @dataclass
@@ -299,6 +406,12 @@ class Generation:
     """Sequences that share one prefilled prompt, advanced together one token per step."""
 
     def __init__(self, engine: Engine, prompt_tokens: list[int], logprobs: bool) -> None:
+        n_vocab = engine.n_vocab
+        for token in prompt_tokens:  # llama.cpp would read out of bounds for a bad token id
+            if not (type(token) is int or (isinstance(token, numbers.Integral) and not isinstance(token, bool))) \
+                    or not 0 <= token < n_vocab:
+                raise EdgesrmError(f"prompt tokens must be token ids from 0 to {n_vocab - 1:,}, got {show(token)}")
+        prompt_tokens = [int(t) for t in prompt_tokens]
         self.engine = engine
         self.prompt_tokens = prompt_tokens
         self.sequences: list[Sequence] = []
@@ -307,6 +420,7 @@ class Generation:
         self._root = 0  # llama seq id that holds the prompt for the whole generation
         self._free_ids = list(range(engine.config.max_sequences, 0, -1))
         self._closed = False
+        self._stepping = False
 
         start = time.perf_counter()
         n_batch = engine.n_batch
@@ -340,10 +454,12 @@ class Generation:
         model's ``</think>`` with "Wait" this way). ``pause_on_eos`` does the same for the
         end-of-generation token, so that a strategy can still ask for an answer.
         """
-        if max_tokens < 1:
-            raise EdgesrmError(f"max_tokens must be at least 1, got {max_tokens}")
+        if self._closed:
+            raise EdgesrmError(CLOSED_GENERATION)
+        max_tokens = check_int("max_tokens", max_tokens, 1, INT32_MAX)
+        stops, pauses = _strings("stop", stop), _strings("pause", pause)  # checked before anything changes
         seq = self._new_sequence(sampling, max_tokens, on_text)
-        self.configure(seq, stop=stop, pause=pause, pause_on_eos=pause_on_eos)
+        self.configure(seq, stop=stops, pause=pauses, pause_on_eos=pause_on_eos)
         n = len(self.prompt_tokens)
         if self._prompt_logits_fresh:
             # Sampled straight from the prefill logits in the next step.
@@ -358,6 +474,7 @@ class Generation:
 
     def fork(self, parent: Sequence, sampling: SamplingParams | None = None, *, on_text: TextCallback | None = None) -> Sequence:
         """A copy of ``parent`` as it is now, that goes on sampling on its own from here."""
+        self._own(parent)
         if parent.finished:
             raise EdgesrmError(f"cannot fork sequence {parent.index}: it has finished ({parent.finish_reason})")
         seq = self._new_sequence(sampling or parent.sampling, parent.max_tokens, on_text)
@@ -380,8 +497,11 @@ class Generation:
         Budget forcing uses this to close a thinking block (``</think>``) or to make the
         model keep thinking ("Wait").
         """
+        self._own(seq)
         if seq.finished:
             raise EdgesrmError(f"cannot force text into sequence {seq.index}: it has finished")
+        if not isinstance(text, str):
+            raise EdgesrmError(f"force takes text (a str), got {type(text).__name__}")
         seq.paused_on = None
         tokens = self.engine.tokenize(text, add_special=False, parse_special=True)
         seq._pending.extend(tokens)
@@ -393,6 +513,7 @@ class Generation:
 
     def resume(self, seq: Sequence) -> None:
         """Let a paused sequence go on generating."""
+        self._own(seq)
         seq.paused_on = None
 
     def configure(
@@ -400,10 +521,14 @@ class Generation:
         max_tokens: int | None = None, pause_on_eos: bool | None = None,
     ) -> None:
         """Change a live sequence's stop strings, pause strings, token limit or EOS pausing."""
+        self._own(seq)
+        stop = None if stop is None else _strings("stop", stop)
+        pause = None if pause is None else _strings("pause", pause)
+        max_tokens = check_int("max_tokens", max_tokens, 1, INT32_MAX, optional=True)
         if stop is not None:
-            seq.stops = tuple(s for s in stop if s)
+            seq.stops = stop
         if pause is not None:
-            seq.pauses = tuple(s for s in pause if s)
+            seq.pauses = pause
         if stop is not None or pause is not None:
             seq._stops = StopScanner(seq.stops + seq.pauses)
         if max_tokens is not None:
@@ -413,6 +538,9 @@ class Generation:
 
     def drop(self, seq: Sequence, reason: str = DROPPED) -> None:
         """End ``seq`` now (``reason`` becomes its finish reason) and free its KV cells."""
+        self._own(seq)
+        if not isinstance(reason, str) or not reason:
+            raise EdgesrmError(f"a finish reason must be a non-empty str, got {show(reason)}")
         if not seq.finished:
             self._finish(seq, reason)
 
@@ -422,11 +550,15 @@ class Generation:
         Valid until the next step; strategies use it for confidence or entropy, tests to
         compare distributions across batch shapes.
         """
-        if seq._logits_step != self.timings.steps or seq._logits_index is None:
-            raise EdgesrmError(f"sequence {seq.index} was not sampled in the latest step")
-        llama = self.engine._llama
-        ptr = llama.llama_get_logits_ith(self.engine._ctx, seq._logits_index)
-        return np.ctypeslib.as_array(ptr, shape=(self.engine.n_vocab,)).copy()
+        self._own(seq)
+        engine = self.engine
+        if (seq._logits_step != self.timings.steps or seq._logits_index is None
+                or seq._logits_decode != engine._n_decodes):
+            raise EdgesrmError(f"sequence {seq.index} was not sampled in the latest step: its logits are gone")
+        ptr = engine._llama.llama_get_logits_ith(engine._ctx, seq._logits_index)
+        if not ptr:
+            raise EdgesrmError(f"llama.cpp has no logits for sequence {seq.index}")
+        return np.ctypeslib.as_array(ptr, shape=(engine.n_vocab,)).copy()
 
     @property
     def active(self) -> list[Sequence]:
@@ -437,10 +569,22 @@ class Generation:
     def step(self) -> list[Sequence]:
         """Advance every live sequence by one token in one ``llama_decode``.
 
-        Returns the sequences that finished during this step.
+        Returns the sequences that finished during this step. Text callbacks may add,
+        fork, force, drop or close, but not step (or run) the generation they belong to.
         """
+        if self._closed:
+            raise EdgesrmError(CLOSED_GENERATION)
+        if self._stepping:
+            raise EdgesrmError("a generation cannot be stepped from its own text callback")
         if not self.active:
             return []
+        self._stepping = True
+        try:
+            return self._step()
+        finally:
+            self._stepping = False
+
+    def _step(self) -> list[Sequence]:
         engine = self.engine
         finished_before = {s.index for s in self.sequences if s.finished}
         start = time.perf_counter()
@@ -449,6 +593,8 @@ class Generation:
             # prefill's logits: one prompt decode serves them all.
             self._prompt_logits_fresh = False
             self._sample([(s, self._prompt_logits_index) for s in self.active if not s._pending])
+            if self._closed:  # by a text callback
+                raise EdgesrmError(CLOSED_GENERATION)
 
         items: list[tuple[int, int, int, bool]] = []  # (token, pos, seq_id, wants logits)
         outputs: list[tuple[Sequence, int]] = []  # (sequence, batch index of its logits)
@@ -458,6 +604,8 @@ class Generation:
             room = capacity - len(items)
             if room <= 0:
                 break
+            if not seq._pending:  # its sampled token was lost to an exception in a text callback
+                self._rewind_to(seq, len(seq.text))  # decode its last token again
             take = seq._pending[:room]
             done = len(take) == len(seq._pending)
             for j, token in enumerate(take):
@@ -469,7 +617,8 @@ class Generation:
             status = engine._decode(items)
             if status == 1:  # no room left in the KV cache for this batch
                 for seq in active:
-                    self._finish(seq, CONTEXT)
+                    if not seq.finished:  # (a text callback may have dropped it)
+                        self._finish(seq, CONTEXT)
             else:
                 self._check(status, "decode")
                 decoded: dict[int, int] = {}
@@ -487,6 +636,8 @@ class Generation:
 
     def run(self) -> list[Sequence]:
         """Step until every sequence has finished; returns all sequences."""
+        if self._closed:
+            raise EdgesrmError(CLOSED_GENERATION)
         while self.active:
             self.step()
         return self.sequences
@@ -503,9 +654,22 @@ class Generation:
 
     # -- internals ------------------------------------------------------------------
 
+    def _own(self, seq: object) -> None:
+        """Refuse a closed generation, and a sequence that is not one of its own."""
+        if self._closed:
+            raise EdgesrmError(CLOSED_GENERATION)
+        if not isinstance(seq, Sequence):
+            raise EdgesrmError(f"expected a Sequence, got {type(seq).__name__}")
+        if seq._generation is not self:
+            raise EdgesrmError(f"sequence {seq.index} belongs to another generation")
+
     def _new_sequence(self, sampling, max_tokens, on_text) -> Sequence:
         if self._closed:
-            raise EdgesrmError("this generation is closed: start a new one")
+            raise EdgesrmError(CLOSED_GENERATION)
+        if not isinstance(sampling, SamplingParams):
+            raise EdgesrmError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        if on_text is not None and not callable(on_text):
+            raise EdgesrmError(f"on_text must be callable, got {type(on_text).__name__}")
         if not self._free_ids:
             raise EdgesrmError(
                 f"at most {self.engine.config.max_sequences} sequences can run at once "
@@ -514,6 +678,7 @@ class Generation:
         seq = Sequence(index=len(self.sequences), seq_id=self._free_ids.pop(), sampling=sampling, max_tokens=max_tokens)
         seq._chain = make_chain(sampling)
         seq._on_text = on_text
+        seq._generation = self
         seq.started_at = time.perf_counter()
         self.sequences.append(seq)
         return seq
@@ -530,6 +695,7 @@ class Generation:
             logprobs = self._logprobs(indices, chosen)
         for (seq, index), token, logprob in zip(outputs, chosen, logprobs):
             seq._logits_index, seq._logits_step = index, self.timings.steps + 1
+            seq._logits_decode = self.engine._n_decodes
             self._accept(seq, token, logprob)
 
     def _logprobs(self, indices: list[int], chosen: list[int]) -> list[float | None]:
@@ -543,6 +709,8 @@ class Generation:
         return result
 
     def _accept(self, seq: Sequence, token: int, logprob: float | None) -> None:
+        if seq.finish_reason is not None or self._closed:  # by a text callback of an earlier sequence
+            return
         engine = self.engine
         if engine.is_eog(token):
             if seq.pause_on_eos:
@@ -615,14 +783,15 @@ class Generation:
         seq.finished_at = time.perf_counter()
         if reason != STOP:
             seq.text += seq._utf8.flush()
-        self._emit(seq, len(seq.text))
         seq._pending = []
-        engine = self.engine
-        engine._llama.llama_memory_seq_rm(engine._memory, seq.seq_id, -1, -1)
         if seq._chain is not None:
             free_chain(seq._chain)
             seq._chain = None
-        self._free_ids.append(seq.seq_id)
+        if not self._closed:  # a closed generation's KV cells belong to the next one
+            engine = self.engine
+            engine._llama.llama_memory_seq_rm(engine._memory, seq.seq_id, -1, -1)
+            self._free_ids.append(seq.seq_id)
+        self._emit(seq, len(seq.text))  # last: a text callback may call anything
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
@@ -630,6 +799,20 @@ class Generation:
             if status == 1:
                 raise EdgesrmError(f"{what}: the context is full (raise the context size); {detail}".rstrip("; "))
             raise EdgesrmError(f"llama_decode failed during {what} (status {status}); {detail}".rstrip("; "))
+
+
+CLOSED_GENERATION = "this generation is closed (the engine started another one, or was closed): start a new one"
+
+
+def _strings(name: str, values: object) -> tuple[str, ...]:
+    """Stop or pause strings: any iterable of str but a str itself (empty ones are ignored)."""
+    try:
+        strings = None if isinstance(values, (str, bytes)) else tuple(values)
+    except TypeError:
+        strings = None
+    if strings is None or not all(isinstance(v, str) for v in strings):
+        raise EdgesrmError(f"{name} must be a list or tuple of strings, got {show(values)}")
+    return tuple(v for v in strings if v)
 
 
 def _next_pow2(n: int) -> int:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
+from ..checks import INT32_MAX, MAX_SEED, check_int, check_number, show
 from ..errors import EdgesrmError
 from .backend import lib
+
+# Below MIN_TEMPERATURE, logits divided by the temperature overflow llama.cpp's float32 (sampling
+# is then neither greedy nor random); above MAX_TEMPERATURE sampling is uniform already.
+MIN_TEMPERATURE = 1e-6
+MAX_TEMPERATURE = 100.0
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one sequence picks its next token. ``temperature <= 0`` means greedy.
+    """How one sequence picks its next token. ``temperature=0`` means greedy.
 
     The filters run in llama.cpp's usual order (top-k, top-p, min-p, then temperature);
     a value that disables a filter (``top_k=0``, ``top_p=1``, ``min_p=0``) leaves it out.
@@ -24,14 +30,23 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k < 0:
-            raise EdgesrmError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise EdgesrmError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p < 1.0:
-            raise EdgesrmError(f"min_p must be in [0, 1), got {self.min_p}")
-        if self.seed is not None and not 0 <= self.seed < 2**32 - 1:
-            raise EdgesrmError(f"seed must be in [0, 2**32 - 1), got {self.seed}")
+        # Checked (and made plain int / float) before any of them reaches llama.cpp.
+        temperature = self.temperature
+        try:
+            temperature = check_number("temperature", temperature, 0.0, MAX_TEMPERATURE)
+            if 0.0 < temperature < MIN_TEMPERATURE:
+                raise EdgesrmError("too low")
+        except EdgesrmError:
+            raise EdgesrmError(
+                f"temperature must be 0 (greedy) or a number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, "
+                f"got {show(temperature)}"
+            ) from None
+        set_field = object.__setattr__
+        set_field(self, "temperature", temperature)
+        set_field(self, "top_k", check_int("top_k", self.top_k, 0, INT32_MAX))
+        set_field(self, "top_p", check_number("top_p", self.top_p, 0.0, 1.0, low_open=True))
+        set_field(self, "min_p", check_number("min_p", self.min_p, 0.0, 1.0, high_open=True))
+        set_field(self, "seed", check_int("seed", self.seed, 0, MAX_SEED, optional=True))
 
     @property
     def greedy(self) -> bool:
