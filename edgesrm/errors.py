@@ -7,3 +7,8 @@ anything else reaching the top is a bug in edgesrm.
 
 class EdgesrmError(Exception):
     """A problem with the user's input or environment, explained in one line."""
+
+
+class EdgesrmWarning(UserWarning):
+    """Something allowed but likely unintended (a context longer than the model was trained
+    for...). The CLI prints it as one ``warning: ...`` line; Python shows each one once."""

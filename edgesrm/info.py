@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .chat import ChatFormat
+from .errors import EdgesrmError
 from .models import check_complete, read_header, resolve_model
 
 
@@ -22,6 +23,11 @@ class ModelInfo:
     vocab_size: int
     chat_template: bool
     thinking: bool
+    # What the chat template accepts (ChatFormat.capabilities), None without a template.
+    system_role: bool | None = None
+    alternating_roles: bool | None = None
+    reasoning_in_history: bool | None = None
+    template_error: str | None = None  # the template does not parse or render
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +48,14 @@ def model_info(model: str | Path | None) -> ModelInfo:
         common = collections.Counter(t.ggml_type for t in header.tensors).most_common(1)
         quant = gguf.GGMLQuantizationType(common[0][0]).name if common else "unknown"
     template = meta.get("tokenizer.chat_template")
+    fmt = ChatFormat(template if isinstance(template, str) else None)
+    caps, error = {}, None
+    if fmt.has_template:
+        try:
+            fmt.render([{"role": "user", "content": "hi"}])
+            caps = asdict(fmt.capabilities)
+        except EdgesrmError as exc:
+            error = str(exc)
     return ModelInfo(
         path=str(path),
         name=str(meta.get("general.name", path.stem)),
@@ -52,5 +66,7 @@ def model_info(model: str | Path | None) -> ModelInfo:
         context_length=meta.get(f"{arch}.context_length"),
         vocab_size=int(meta.get("tokenizer.ggml.tokens", 0)),
         chat_template=isinstance(template, str),
-        thinking=ChatFormat(template if isinstance(template, str) else None).thinking,
+        thinking=fmt.thinking,
+        template_error=error,
+        **caps,
     )

@@ -48,6 +48,13 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     return path
 
 
+def training_context(path: Path) -> int | None:
+    """The context length (tokens) the model was trained for, from its GGUF header."""
+    meta = read_header(path).metadata
+    value = meta.get(f"{meta.get('general.architecture')}.context_length")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def check_gguf(path: Path) -> None:
     """Raise ``EdgesrmError`` unless ``path`` is a readable file that starts like a GGUF."""
     if not path.exists():
@@ -124,8 +131,17 @@ def _parse_header(f, path: Path) -> GGUFHeader:
             raise EdgesrmError(f"{path} is truncated (its header ends early)")
         return struct.unpack("<" + fmt, data)[0]
 
+    size = os.fstat(f.fileno()).st_size
+
+    def check_length(n: int) -> int:
+        """A length read from the file, refused before anything is read or allocated for it."""
+        if n > size - f.tell():
+            raise EdgesrmError(f"{path} is truncated or corrupt (a length of {n:,} bytes at offset "
+                               f"{f.tell():,} runs past its end)")
+        return n
+
     def read_string() -> str:
-        n = read("Q")
+        n = check_length(read("Q"))
         data = f.read(n)
         if len(data) < n:
             raise EdgesrmError(f"{path} is truncated (its header ends early)")
@@ -134,9 +150,9 @@ def _parse_header(f, path: Path) -> GGUFHeader:
     def skip(vtype: int, count: int = 1) -> None:
         if vtype == _STRING:
             for _ in range(count):
-                f.seek(read("Q"), os.SEEK_CUR)
+                f.seek(check_length(read("Q")), os.SEEK_CUR)
         elif vtype in _SCALARS:
-            f.seek(count * struct.calcsize(_SCALARS[vtype]), os.SEEK_CUR)
+            f.seek(check_length(count * struct.calcsize(_SCALARS[vtype])), os.SEEK_CUR)
         else:
             raise ValueError(f"unknown metadata type {vtype}")
 
@@ -159,11 +175,21 @@ def _parse_header(f, path: Path) -> GGUFHeader:
         else:
             raise ValueError(f"unknown metadata type {vtype}")
     tensors = []
+    if n_tensors:
+        from gguf import GGML_QUANT_SIZES
     for _ in range(n_tensors):
         name = read_string()
-        shape = tuple(read("Q") for _ in range(read("I")))
-        tensors.append(TensorInfo(name, shape, read("I"), read("Q")))
+        n_dims = read("I")
+        if n_dims > 4:  # GGML_MAX_DIMS
+            raise ValueError(f"tensor {name} has {n_dims} dimensions")
+        shape = tuple(read("Q") for _ in range(n_dims))
+        tensor = TensorInfo(name, shape, read("I"), read("Q"))
+        if tensor.ggml_type not in GGML_QUANT_SIZES:
+            raise ValueError(f"tensor {name} has unknown type {tensor.ggml_type}")
+        tensors.append(tensor)
     alignment = int(meta.get("general.alignment", 32))
+    if alignment <= 0:
+        raise ValueError(f"invalid general.alignment {alignment}")
     data_offset = -(-f.tell() // alignment) * alignment
     return GGUFHeader(meta, tensors, data_offset)
 

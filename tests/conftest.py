@@ -6,6 +6,9 @@ import pytest
 
 from edgesrm.engine import Engine, EngineConfig
 from edgesrm.models import default_model_path
+from tiny_models import (  # noqa: F401 - session fixtures: tiny models with real vocabularies
+    deepseek_r1_tiny, gemma3_tiny, gemma3_tiny_gemma2_template, qwen25_coder_tiny, smollm2_tiny,
+)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ R1_TEMPLATE = (
 
 def test_model_template_renders_with_generation_prompt():
     fmt = ChatFormat(SMOLLM2_TEMPLATE)
-    prompt = fmt.reasoning_prompt("What is 2+2?")
+    prompt = fmt.reasoning_prompt("What is 2+2?").text
     assert prompt.startswith("<|im_start|>system\n" + STEP_BY_STEP_SYSTEM)
     assert prompt.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
     assert not fmt.thinking
@@ -40,7 +40,7 @@ def test_fallback_is_chatml():
 def test_thinking_template_gets_no_system_prompt_and_opens_think():
     fmt = ChatFormat(R1_TEMPLATE, bos_token="<｜begin▁of▁sentence｜>")
     assert fmt.thinking
-    prompt = fmt.reasoning_prompt("What is 2+2?")
+    prompt = fmt.reasoning_prompt("What is 2+2?").text
     assert prompt == "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n"
     splitter = fmt.splitter(prompt)
     assert splitter.opened

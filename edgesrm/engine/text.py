@@ -7,7 +7,29 @@ split over several tokens; both mean some text must be held back until the next 
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Sequence
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with what cannot be UTF-8 replaced by U+FFFD.
+
+    Bytes that were not UTF-8 reach Python as lone surrogates (standard input and command
+    lines decode them with ``surrogateescape``; JSON may hold ``"\\ud800"``): the undecodable
+    bytes become U+FFFD, as a UTF-8 decoder with ``errors="replace"`` would make them.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # surrogates that did not come from bytes
+        return _SURROGATE_RE.sub("\ufffd", text)
 
 
 class Utf8Stream:
