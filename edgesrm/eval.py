@@ -9,6 +9,7 @@ with matplotlib installed, a plot of accuracy against mean latency.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .answers import answers_match, extract_answer, normalize
+from .answers import extract_answer, grade, normalize
 from .errors import EdgesrmError
 from .runtime import Runtime
 
@@ -64,23 +65,70 @@ def find_dataset(name: str) -> Path:
 
 
 def load_items(path: Path, limit: int | None = None) -> list[Item]:
+    """The questions of a question/answer JSONL file, every line checked before any model work.
+
+    Each non-blank line must be a JSON object whose ``question`` is a non-empty string and whose
+    ``answer`` is a string or a finite number; the gold answer is what follows GSM8K's ``####``,
+    else a ``\\boxed{}`` or ``Final answer:`` in the answer, else the whole answer, normalised.
+    All lines are checked even with ``limit`` (only the first ``limit`` questions are returned).
+    Raises ``EdgesrmError`` ``FILE:LINE: what is wrong`` for the first bad line, including
+    ``FILE:LINE: not UTF-8 text`` (bytes are never replaced), and when there are no questions.
+    """
     items: list[Item] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise EdgesrmError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise EdgesrmError(f"{path}:{number}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-                question, answer = row["question"], str(row["answer"])
-            except (ValueError, KeyError, TypeError):
-                raise EdgesrmError(f"{path}:{number}: expected a JSON object with 'question' and 'answer'") from None
-            gold = answer.split("####")[-1] if "####" in answer else (extract_answer(answer) or answer)
-            items.append(Item(len(items), question, normalize(gold) or ""))
-            if limit is not None and len(items) >= limit:
-                break
+            question, gold = _check_row(line, f"{path}:{number}")
+            if limit is None or len(items) < limit:
+                items.append(Item(len(items), question, gold))
     if not items:
         raise EdgesrmError(f"{path} holds no questions")
     return items
+
+
+def _check_row(line: str, where: str) -> tuple[str, str]:
+    """(question, normalised gold answer) of one JSONL line, or EdgesrmError naming ``where``."""
+    try:
+        row = json.loads(line)
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise EdgesrmError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(row, dict) or "question" not in row or "answer" not in row:
+        missing = ("" if not isinstance(row, dict) else
+                   f" (no {' and no '.join(repr(k) for k in ('question', 'answer') if k not in row)})")
+        got = "" if isinstance(row, dict) else f", not {_json_kind(row)}"
+        raise EdgesrmError(f"{where}: expected a JSON object with 'question' and 'answer'{missing}{got}")
+    question, answer = row["question"], row["answer"]
+    if not isinstance(question, str) or not question.strip():
+        raise EdgesrmError(f"{where}: 'question' must be a non-empty string, not {_json_kind(question)}")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise EdgesrmError(f"{where}: 'answer' must be a string or a number, not {_json_kind(answer)}")
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise EdgesrmError(f"{where}: 'answer' must be a finite number, not {answer}")
+    text = str(answer)
+    gold = normalize(text.split("####")[-1] if "####" in text else (extract_answer(text, last_number=False) or text))
+    if gold is None:
+        raise EdgesrmError(f"{where}: 'answer' holds no answer ({text[:40]!r})")
+    return question, gold
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "an empty string" if not value.strip() else "a string"
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
 
 
 def evaluate(
@@ -94,7 +142,7 @@ def evaluate(
     with open(out, "w", encoding="utf-8") as f:
         for item in items:
             result = rt.ask(item.question, strategy=strategy, seed=base_seed + item.id, **ask_options)
-            ok = answers_match(result.extracted, item.gold)
+            ok = grade(result.extracted, item.gold)
             correct += ok
             misses += result.deadline_missed
             latencies.append(result.total_s)

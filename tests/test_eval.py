@@ -78,3 +78,60 @@ def test_eval_command(small_dataset, tmp_path):
     assert [s["strategy"] for s in summary] == ["direct", "cot"]
     assert (out / "accuracy-latency.png").is_file()
     assert len((out / "cot.jsonl").read_text().splitlines()) == 2
+
+
+def _jsonl(tmp_path, *lines, name="qa.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
+    return path
+
+
+GOOD = '{"question": "What is 2 + 2?", "answer": "4"}'
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"question": null, "answer": "4"}', "'question' must be a non-empty string, not null"),
+        ('{"question": "  ", "answer": "4"}', "'question' must be a non-empty string, not an empty string"),
+        ('{"question": 7, "answer": "4"}', "'question' must be a non-empty string, not a number"),
+        ('{"question": "q", "answer": null}', "'answer' must be a string or a number, not null"),
+        ('{"question": "q", "answer": [4]}', "'answer' must be a string or a number, not a list"),
+        ('{"question": "q", "answer": true}', "'answer' must be a string or a number, not a boolean"),
+        ('{"question": "q", "answer": NaN}', "'answer' must be a finite number"),
+        ('{"question": "q", "answer": "  "}', "'answer' holds no answer"),
+        ('{"question": "q", "answer": "the steps\\n####"}', "'answer' holds no answer"),
+        ('{"question": "q"}', "expected a JSON object with 'question' and 'answer' \\(no 'answer'\\)"),
+        ('["q", "4"]', "expected a JSON object with 'question' and 'answer', not a list"),
+        ('{"question": "q", "answer": "4"', "not JSON"),
+        ("question: q", "not JSON"),
+    ],
+)
+def test_bad_lines_are_one_clear_error_before_any_model_work(tmp_path, line, message):
+    path = _jsonl(tmp_path, GOOD, line, GOOD)
+    with pytest.raises(EdgesrmError, match=rf"^{path}:2: {message}"):
+        load_items(path)
+
+
+def test_every_line_is_checked_even_with_a_limit(tmp_path):
+    path = _jsonl(tmp_path, GOOD, GOOD, '{"question": null, "answer": 1}')
+    with pytest.raises(EdgesrmError, match=r"qa.jsonl:3: 'question'"):
+        load_items(path, limit=1)
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = _jsonl(tmp_path, GOOD, '{"question": "caf\xe9?", "answer": "1"}'.encode("latin-1"))
+    with pytest.raises(EdgesrmError, match=r"qa.jsonl:2: not UTF-8 text"):
+        load_items(path)
+    with pytest.raises(EdgesrmError, match="not UTF-8 text"):
+        load_items(_jsonl(tmp_path, b"\xff\xfe" + GOOD.encode("utf-16-le"), name="utf16.jsonl"))
+
+
+def test_gold_answers_of_every_form(tmp_path):
+    rows = [("\ufeff" + GOOD), '{"question": "q", "answer": 18}', '{"question": "q", "answer": 0.5}',
+            '{"question": "q", "answer": "Half of 8 is 4.\\n#### 1,000"}', '{"question": "q", "answer": "\\\\frac{14}{3}"}',
+            '{"question": "q", "answer": "x^5 - x^4 + 1"}', '{"question": "q", "answer": "so \\\\boxed{(2,4)}"}',
+            '{"question": "q", "answer": "\\u22125"}', '{"question": "q", "answer": "\\\\text{(C)}"}']
+    items = load_items(_jsonl(tmp_path, *rows))
+    assert [i.gold for i in items] == ["4", "18", "0.5", "1000", "4.666667", "x^5-x^4+1", "(2,4)", "-5", "C"]
+    assert [i.id for i in items] == list(range(len(rows)))
