@@ -1,29 +1,39 @@
 """Budgets: how many tokens, how much wall-clock time and how much memory an answer may use.
 
-- Tokens: counted over every path a strategy samples.
+- Tokens: what a path spends is its sampled tokens plus the tokens a strategy forces into it
+  (answer markers, cues, "Wait"); a path never spends more than ``max_tokens`` nor its share of
+  ``Budget.max_tokens``, so all paths together never exceed the token budget (the rules are
+  kept in ``strategies.base.PathRunner``).
 - Deadline: an answer is always returned before it. ``Deadline`` measures how long a
   decode step takes and tells the strategy when to stop thinking and start answering
-  (the answer's steps are reserved) and when to stop altogether (the next step would
-  overshoot).
+  (the answer's steps are reserved, never more than the path may still spend, so that a
+  deadline the run would meet anyway changes nothing) and when to stop altogether (the next
+  step would overshoot).
 - Memory: ``plan_memory`` estimates the peak resident memory of a configuration before
-  anything is loaded (mapped weights + KV cache + compute buffers + the interpreter) and
-  picks the context size, KV cache type, batch and number of paths that fit.
+  anything is loaded (mapped weights + KV cache + compute buffers + llama.cpp's vocabulary +
+  the interpreter) and picks the context size, KV cache type, batch and number of paths that
+  fit; ``MemoryPlan.given_up`` says what it gave up.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .checks import INT32_MAX, check_int, check_number
 from .errors import EdgesrmError
 from .models import read_header
 
-# Resident memory of the interpreter with numpy and llama.cpp loaded, before any model
-# (measured: 42 MiB with CPython 3.11 on x86-64 Linux), plus edgesrm's own objects.
-RUNTIME_MB = 48.0
+# Resident memory of the interpreter with numpy, click, Jinja2, llama.cpp and edgesrm's command
+# line loaded, before any model (measured: 51 MiB with CPython 3.11 on x86-64 Linux).
+RUNTIME_MB = 52.0
+# llama.cpp's vocabulary, merges and token caches, per vocabulary entry: loading SmolLM2-135M
+# (49,152 tokens) raises the peak by 17.4 MiB beyond its mapped weights (measured).
+VOCAB_BYTES_PER_TOKEN = 384
 # Bytes per KV cache element for each cache type (ggml block size / bytes per block).
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 MiB = 2**20
@@ -38,12 +48,16 @@ class Budget:
     memory_mb: float | None = None  # peak resident memory of the process
 
     def __post_init__(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise EdgesrmError(f"the token budget must be at least 1, got {self.max_tokens}")
-        if self.deadline_s is not None and self.deadline_s <= 0:
-            raise EdgesrmError(f"the deadline must be positive, got {self.deadline_s} s")
-        if self.memory_mb is not None and self.memory_mb <= 0:
-            raise EdgesrmError(f"the memory budget must be positive, got {self.memory_mb} MB")
+        set_field = object.__setattr__  # checked, and made plain int / float
+        set_field(self, "max_tokens", check_int("Budget.max_tokens", self.max_tokens, 1, INT32_MAX, optional=True))
+        set_field(self, "deadline_s", check_number("Budget.deadline_s", self.deadline_s, 0.0, low_open=True,
+                                                   optional=True, unit=" (seconds)"))
+        set_field(self, "memory_mb", check_number("Budget.memory_mb", self.memory_mb, 0.0, low_open=True, optional=True,
+                                                  unit=" (MB)"))
+
+
+# Decode steps measured before a deadline may end reasoning: fewer are too noisy an estimate.
+MIN_OBSERVED_STEPS = 3
 
 
 class Deadline:
@@ -67,15 +81,19 @@ class Deadline:
 
     @property
     def step_s(self) -> float:
-        """The next step's expected duration: the mean of the recent ones.
+        """The next step's expected duration: the median of the recent ones (one step slowed
+        down by another process does not count for many).
 
         A step is only started when at least this much time is left, so even a step slower
         than expected ends less than one step after the deadline.
         """
-        return sum(self._recent) / len(self._recent) if self._recent else 0.0
+        return statistics.median(self._recent) if self._recent else 0.0
 
     def must_answer(self, answer_steps: int) -> bool:
-        """True when only the time for ``answer_steps`` more steps (plus one) is left."""
+        """True when only the time for ``answer_steps`` more steps (plus one) is left, judged
+        once ``MIN_OBSERVED_STEPS`` steps have been measured (``must_stop`` guards before)."""
+        if len(self._recent) < MIN_OBSERVED_STEPS:
+            return False
         return self.remaining <= (answer_steps + 1) * self.step_s
 
     def must_stop(self) -> bool:
@@ -98,7 +116,8 @@ class MemoryPlan:
     weights_mb: float
     kv_mb: float
     compute_mb: float
-    runtime_mb: float = RUNTIME_MB
+    runtime_mb: float = RUNTIME_MB  # the interpreter and llama.cpp's vocabulary
+    given_up: tuple[str, ...] = ()  # what was given up to fit the budget (plan_memory)
 
     @property
     def total_mb(self) -> float:
@@ -150,12 +169,14 @@ def estimate_memory(shape: ModelShape, *, n_ctx: int, kv_type: str, n_seqs: int,
     dominated by one micro-batch of logits and feed-forward activations (fitted on
     llama.cpp's own report: 98 MiB for SmolLM2-135M at a batch of 512). It is counted whole
     although decoding touches only about half of it (measured), so the estimate errs high:
-    tests hold it between the measured peak and 1.25 times it.
+    tests hold it between the measured peak and 1.3 times it. llama.cpp's vocabulary (tokens,
+    merges, caches) and the interpreter are counted with the runtime.
     """
     ctx = -(-n_ctx // 256) * 256
     kv = ctx * shape.n_layer * shape.kv_dim * KV_BYTES[kv_type]
     compute = n_batch * 4 * (shape.n_vocab + shape.n_ff) + n_seqs * shape.n_vocab * 4
-    return MemoryPlan(n_ctx, kv_type, n_seqs, n_batch, shape.file_bytes / MiB, kv / MiB, compute / MiB)
+    runtime = RUNTIME_MB + shape.n_vocab * VOCAB_BYTES_PER_TOKEN / MiB
+    return MemoryPlan(n_ctx, kv_type, n_seqs, n_batch, shape.file_bytes / MiB, kv / MiB, compute / MiB, runtime)
 
 
 def plan_memory(
@@ -165,7 +186,8 @@ def plan_memory(
     """The best configuration that fits ``memory_mb``.
 
     What is given up first costs the least: KV precision (q8_0 is nearly lossless), then
-    prefill batch size (speed of the prompt only), then parallel paths, then context.
+    prefill batch size (speed of the prompt only), then parallel paths, then context; the
+    plan's ``given_up`` lists what was.
     """
     shape = ModelShape.of(model_path)
     wanted = estimate_memory(shape, n_ctx=n_ctx, kv_type=kv_type, n_seqs=n_seqs, n_batch=n_batch)
@@ -182,7 +204,7 @@ def plan_memory(
                 for batch in batches:
                     plan = estimate_memory(shape, n_ctx=ctx, kv_type=kv, n_seqs=seqs, n_batch=batch)
                     if plan.total_mb <= memory_mb:
-                        return plan
+                        return replace(plan, given_up=_given_up(plan, wanted, memory_mb))
             if ctx <= min_ctx:
                 break
             ctx = max(min_ctx, ctx // 2)
@@ -191,3 +213,21 @@ def plan_memory(
         f"{model_path.name} does not fit in {memory_mb:,.0f} MB: even the smallest configuration needs "
         f"{smallest.describe()}; allow at least {math.ceil(smallest.total_mb)} MB or use a smaller quantization"
     )
+
+
+def _given_up(plan: MemoryPlan, wanted: MemoryPlan, memory_mb: float) -> tuple[str, ...]:
+    """What ``plan`` gives up against ``wanted``, said as notes."""
+    changes = []
+    if plan.kv_type != wanted.kv_type:
+        changes.append(f"KV cache as {plan.kv_type} instead of {wanted.kv_type}")
+    if plan.n_batch != wanted.n_batch:
+        changes.append(f"prompt batch of {plan.n_batch} tokens instead of {wanted.n_batch} (slower prefill)")
+    if plan.n_seqs != wanted.n_seqs:
+        changes.append(f"{plan.n_seqs} sequences at once instead of {wanted.n_seqs} (paths run in turns)")
+    if plan.n_ctx * wanted.n_seqs < wanted.n_ctx * plan.n_seqs:  # less context per sequence
+        changes.append(f"context of {plan.n_ctx:,} tokens for {plan.n_seqs} sequences instead of "
+                       f"{wanted.n_ctx:,} for {wanted.n_seqs}")
+    if not changes:
+        return ()
+    return (f"memory: to fit {memory_mb:,.0f} MB (estimated peak {plan.total_mb:,.0f} MB instead of "
+            f"{wanted.total_mb:,.0f}): " + "; ".join(changes),)

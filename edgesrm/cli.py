@@ -3,22 +3,65 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+import warnings
 
 import click
 
 from . import __version__
+from .checks import INT32_MAX, MAX_CTX, MAX_THREADS, MAX_TOKENS, MIN_CTX
 from .engine.backend import KV_TYPES
 from .strategies import STRATEGIES
-from .errors import EdgesrmError
+from .errors import EdgesrmError, EdgesrmWarning
 
 MODEL_HELP = "GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
 
 
+class FiniteRange(click.FloatRange):
+    """The type of every decimal option: a ``click.FloatRange`` that also refuses ``nan`` and
+    ``inf`` (which ``FloatRange`` lets through), as a usage error like any bad value."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+class JsonObject(click.ParamType):
+    """A JSON object given on the command line (``--chat-template-kwargs``)."""
+
+    name = "json"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            self.fail(f"{value!r} is not JSON ({exc}).", param, ctx)
+        if not isinstance(parsed, dict):
+            self.fail(f"{value!r} is not a JSON object ({{...}}).", param, ctx)
+        return parsed
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, EdgesrmWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 class Cli(click.Group):
-    """Turns user errors into one ``error: ...`` line and exit code 1, never a traceback."""
+    """Turns user errors into one ``error: ...`` line and exit code 1, never a traceback;
+    prints edgesrm's warnings as one ``warning: ...`` line each."""
 
     def invoke(self, ctx: click.Context):
+        warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
         except EdgesrmError as exc:
@@ -58,30 +101,36 @@ STRATEGY_HELP = (
               help=STRATEGY_HELP)
 @click.option("-n", "--n", "n_paths", type=click.IntRange(min=1, max=64), default=8, show_default=True,
               help="Paths for sc (and the most auto may use).")
-@click.option("--budget-tokens", type=click.IntRange(min=1), default=None,
+@click.option("--budget-tokens", type=click.IntRange(min=1, max=INT32_MAX), default=None,
               help="Most tokens to generate, all paths together.")
-@click.option("--deadline", type=click.FloatRange(min=0.0, min_open=True), default=None,
+@click.option("--deadline", type=FiniteRange(min=0.0, min_open=True), default=None,
               help="Seconds: an answer is returned before this (the clock starts once the model is loaded).")
-@click.option("--memory", type=click.FloatRange(min=0.0, min_open=True), default=None,
+@click.option("--memory", type=FiniteRange(min=0.0, min_open=True), default=None,
               help="MB of memory to stay within: context, KV cache type, batch and paths are chosen to fit.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--max-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), default=512, show_default=True,
               help="Most tokens per path, reasoning included.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.6, show_default=True,
+@click.option("--temperature", type=FiniteRange(min=0.0, max=100.0), default=0.6, show_default=True,
               help="Sampling temperature; 0 means greedy (always the most likely token).")
-@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.95, show_default=True,
+@click.option("--top-p", type=FiniteRange(min=0.0, max=1.0, min_open=True), default=0.95, show_default=True,
               help="Nucleus sampling: keep the smallest set of tokens with this total probability.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**32 - 2), default=None,
               help="Random seed; the same seed gives the same answer. Default: random (printed).")
 @click.option("--system", default=None, help="System prompt. Default: a step-by-step instruction for "
               "models without a thinking mode, none for thinking models.")
+@click.option("--chat-template-kwargs", "template_kwargs", type=JsonObject(), default=None, metavar="JSON",
+              help='Variables for the model\'s chat template, as llama-server takes them, e.g. '
+              '\'{"enable_thinking": false}\' (Qwen3) or \'{"reasoning_effort": "low"}\'.')
+@click.option("--parse-special", is_flag=True, help="Let control-token strings typed in QUESTION and --system "
+              "(<|im_end|>...) act as control tokens. Default: they are text (trusted input only).")
 @click.option("--weighted", is_flag=True, help="sc: weight votes by path confidence and stop unsure paths (DeepConf).")
 @click.option("--no-early-stop", is_flag=True, help="sc: always finish all --n paths.")
-@click.option("--waits", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--waits", type=click.IntRange(min=0, max=MAX_TOKENS), default=1, show_default=True,
               help="budget: times 'Wait' may extend thinking that ends with budget left.")
-@click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=None,
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=MIN_CTX, max=MAX_CTX), default=None,
               help="Context size in tokens, all paths together. Default: enough for the paths and --max-tokens.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads. Default: physical cores.")
-@click.option("--gpu-layers", type=click.IntRange(min=0), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+              help="CPU threads. Default: physical cores.")
+@click.option("--gpu-layers", type=click.IntRange(min=0, max=INT32_MAX), default=None,
               help="Layers to offload to the GPU. Default: all when this build supports offload, else 0.")
 @click.option("--kv-type", type=click.Choice(list(KV_TYPES)), default="f16", show_default=True,
               help="KV cache type; q8_0 and q4_0 halve or quarter its memory.")
@@ -89,23 +138,26 @@ STRATEGY_HELP = (
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log on stderr.")
 def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_tokens: int | None,
         deadline: float | None, memory: float | None, max_tokens: int, temperature: float, top_p: float,
-        seed: int | None, system: str | None, weighted: bool, no_early_stop: bool, waits: int,
+        seed: int | None, system: str | None, template_kwargs: dict | None, parse_special: bool, weighted: bool,
+        no_early_stop: bool, waits: int,
         n_ctx: int | None, threads: int | None, gpu_layers: int | None, kv_type: str, as_json: bool,
         verbose: bool) -> None:
     """Answer QUESTION, streaming the model's reasoning (dimmed) and then its answer.
 
-    QUESTION may be "-" to read it from standard input. With several paths (sc, auto) each
-    path's answer is listed on stderr as it ends, then the voted answer is printed.
+    QUESTION may be "-" to read it from standard input. With several paths (sc, auto) the
+    chosen path is shown once the vote is over, and every path's answer, tokens and what ended
+    it are listed on stderr. Anything given up or not honoured is said on stderr as "note: ...".
     """
     from .budget import Budget
+    from .models import resolve_model, training_context
     from .runtime import load
 
-    if question == "-":
-        question = sys.stdin.read()
+    if question == "-":  # bytes that are not UTF-8 become U+FFFD, as in every text input
+        question = sys.stdin.buffer.read().decode("utf-8", "replace")
     budget = Budget(max_tokens=budget_tokens, deadline_s=deadline, memory_mb=memory)
     paths = n_paths if strategy in ("sc", "auto") else 1
-    if n_ctx is None:
-        n_ctx = 1024 + paths * max_tokens
+    if n_ctx is None:  # enough for the paths, but never past what the model was trained for
+        n_ctx = min(1024 + paths * max_tokens, training_context(resolve_model(model)) or MAX_CTX, MAX_CTX)
     rt = load(model, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers, kv_type=kv_type,
               max_sequences=paths, memory_mb=memory, verbose=verbose)
     shown = {"kind": None}
@@ -119,23 +171,28 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
     with rt:
         result = rt.ask(question, strategy=strategy, n=n_paths, budget=budget, max_tokens=max_tokens,
                         temperature=temperature, top_p=top_p, seed=seed, system=system, early_stop=not no_early_stop,
-                        weighted=weighted, waits=waits, on_text=None if as_json else stream)
+                        weighted=weighted, waits=waits, on_text=None if as_json else stream,
+                        chat_template_kwargs=template_kwargs, parse_special=parse_special)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
+    click.echo("" if result.answer else "(no answer)")  # the answer itself has streamed
     if len(result.paths) > 1:
         for p in result.paths:
-            click.echo(f"  path {p.index}: {p.answer!s:>12}  {p.tokens:4d} tokens  {p.finish_reason}", err=True)
+            cut = {"tokens": ", reasoning cut by its token cap", "deadline": ", reasoning cut by the deadline"}.get(
+                p.reasoning_ended, "")
+            cut += "" if p.answer_complete or p.answer is None else ", answer cut off"
+            click.echo(f"  path {p.index}: {p.answer!s:>12}  {p.tokens:4d}+{p.forced_tokens} tokens  "
+                       f"{p.finish_reason}{cut}  vote {p.vote:g}", err=True)
         votes = ", ".join(f"{a}: {v:g}" for a, v in result.votes.items())
         click.echo(f"votes: {votes or 'none'}", err=True)
-        click.echo(result.answer if result.answer else (result.extracted or "(no answer)"))
-    else:
-        click.echo()
     late = " (deadline missed)" if result.deadline_missed else ""
     click.echo(
-        f"[{result.strategy}: {result.completion_tokens} tokens, {result.tokens_per_s:.1f} tok/s, prompt "
-        f"{result.prompt_tokens} tokens in {result.prefill_s:.2f} s, {result.total_s:.2f} s in all{late}, "
-        f"ended by {result.finish_reason}, seed {result.seed}]",
+        f"[{result.strategy}: {result.completion_tokens} tokens + {result.forced_tokens} forced, "
+        f"{result.tokens_per_s:.1f} tok/s, prompt {result.prompt_tokens} tokens in {result.prefill_s:.2f} s, "
+        f"{result.total_s:.2f} s in all{late}, {result.ending()}, seed {result.seed}]",
         err=True,
     )
 
@@ -143,24 +200,27 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
 @cli.command(name="eval")
 @click.option("-d", "--dataset", default="gsm8k", show_default=True,
               help="gsm8k (found in a shared/data folder or EDGESRM_DATA) or a JSONL file with question/answer.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions.")
+@click.option("--limit", type=click.IntRange(min=1, max=INT32_MAX), default=None, help="Only the first N questions.")
 @click.option("-s", "--strategy", "strategies", type=click.Choice(list(STRATEGIES)), multiple=True,
               help="Strategy to evaluate; repeat to compare several. Default: cot.")
 @click.option("-m", "--model", type=click.Path(dir_okay=True), default=None, help=MODEL_HELP)
 @click.option("-n", "--n", "n_paths", type=click.IntRange(min=1, max=64), default=8, show_default=True,
               help="Paths for sc.")
-@click.option("--budget-tokens", type=click.IntRange(min=1), default=None, help="Token budget per question.")
-@click.option("--deadline", type=click.FloatRange(min=0.0, min_open=True), default=None,
+@click.option("--budget-tokens", type=click.IntRange(min=1, max=INT32_MAX), default=None,
+              help="Token budget per question.")
+@click.option("--deadline", type=FiniteRange(min=0.0, min_open=True), default=None,
               help="Seconds per question.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Most tokens per path.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.6, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), default=512, show_default=True,
+              help="Most tokens per path.")
+@click.option("--temperature", type=FiniteRange(min=0.0, max=100.0), default=0.6, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0, max=2**31), default=0, show_default=True,
               help="Base seed; question i uses seed + i, so runs are reproducible.")
 @click.option("--weighted", is_flag=True, help="sc: confidence-weighted votes (DeepConf).")
 @click.option("--no-early-stop", is_flag=True, help="sc: always finish all --n paths.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default="eval-results", show_default=True,
               help="Folder for the per-question JSONL rows, summary.json and accuracy-latency.png.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads. Default: physical cores.")
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+              help="CPU threads. Default: physical cores.")
 def evaluate_command(dataset: str, limit: int | None, strategies: tuple[str, ...], model: str | None, n_paths: int,
                      budget_tokens: int | None, deadline: float | None, max_tokens: int, temperature: float,
                      seed: int, weighted: bool, no_early_stop: bool, out_dir: str, threads: int | None) -> None:
@@ -174,13 +234,15 @@ def evaluate_command(dataset: str, limit: int | None, strategies: tuple[str, ...
 
     from .budget import Budget
     from .eval import evaluate, find_dataset, load_items, plot
+    from .models import resolve_model, training_context
     from .runtime import load
 
     strategies = strategies or ("cot",)
     items = load_items(find_dataset(dataset), limit)
     out = Path(out_dir)
     widest = n_paths if any(s in ("sc", "auto") for s in strategies) else 1
-    rt = load(model, n_ctx=1024 + widest * max_tokens, threads=threads, max_sequences=widest)
+    n_ctx = min(1024 + widest * max_tokens, training_context(resolve_model(model)) or MAX_CTX, MAX_CTX)
+    rt = load(model, n_ctx=n_ctx, threads=threads, max_sequences=widest)
     budget = Budget(max_tokens=budget_tokens, deadline_s=deadline)
     summaries = []
     with rt:
@@ -226,6 +288,14 @@ def info(model: str | None, as_json: bool) -> None:
         ("chat template", "yes" if mi.chat_template else "no (ChatML is used)"),
         ("thinking mode", "yes (<think>...</think>)" if mi.thinking else "no (step-by-step prompt)"),
     ]
+    if mi.template_error:
+        rows.append(("template error", mi.template_error))
+    elif mi.chat_template:
+        rows += [
+            ("system role", "yes" if mi.system_role else "no (system text joins the first user turn)"),
+            ("turns", "strictly alternating user/assistant" if mi.alternating_roles else "any order"),
+            ("past reasoning", "kept in the prompt" if mi.reasoning_in_history else "dropped by the template"),
+        ]
     for key, value in rows:
         click.echo(f"{key:<15} {value}")
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .budget import Budget, Deadline, plan_memory
 from .chat import ChatFormat
+from .checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS, MIN_CTX, check_int, check_number
 from .engine import Engine, EngineConfig, SamplingParams, set_verbose
 from .errors import EdgesrmError
-from .models import resolve_model
+from .models import resolve_model, training_context
 from .strategies import Result, Task, auto, run_strategy
 from .strategies.base import StreamCallback
 
 DEFAULT_CTX = 4096
+RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt"})  # set by edgesrm itself
 
 
 class Runtime:
@@ -25,6 +30,7 @@ class Runtime:
             template=engine.meta("tokenizer.chat_template"),
             bos_token=engine.detokenize_special(engine.bos_token),
             eos_token=engine.detokenize_special(engine.eos_token),
+            control_tokens=engine.control_tokens,
         )
 
     @property
@@ -49,33 +55,55 @@ class Runtime:
         weighted: bool = False,
         waits: int = 1,
         on_text: StreamCallback | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+        parse_special: bool = False,
     ) -> Result:
         """Answer ``question`` with a reasoning ``strategy`` (see ``edgesrm.strategies``).
 
         ``n`` is the number of paths for ``sc``; ``budget`` caps tokens (all paths
         together) and wall-clock time (an answer is returned before the deadline);
-        ``on_text(kind, text)`` streams single-path strategies as they generate, ``kind``
-        being ``"reasoning"`` or ``"answer"``.
+        ``on_text(kind, text)`` streams single-path strategies as they generate (and ``sc``'s
+        chosen path once voted), ``kind`` being ``"reasoning"`` or ``"answer"``; the pieces of each
+        kind join to the result's ``reasoning`` and ``answer``. ``max_tokens`` caps each path's
+        sampled and forced tokens; the result's ``notes`` say what was given up or not honoured.
+        ``chat_template_kwargs`` are passed to the model's chat template (``{"enable_thinking":
+        False}`` for Qwen3, ``{"reasoning_effort": "low"}``...). Control-token strings in ``question`` and ``system`` stay text unless
+        ``parse_special`` (then a question can open a new turn: never for untrusted text).
         """
+        if self.engine._closed:
+            raise EdgesrmError("this runtime is closed: load the model again")
+        # Every number is checked before anything runs (SamplingParams checks its own).
+        n = check_int("n", n, 1, MAX_SEQUENCES)
+        max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS)
+        waits = check_int("waits", waits, 0, MAX_TOKENS)
+        if seed is None:
+            seed = random.randrange(2**31)  # reported in the result, so any answer can be replayed
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        if not isinstance(budget, (Budget, type(None))):
+            raise EdgesrmError(f"budget must be an edgesrm.Budget, got {type(budget).__name__}")
+        if not isinstance(question, str):
+            raise EdgesrmError(f"the question must be a str, got {type(question).__name__}")
         budget = budget or Budget()
         if strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
             auto.prepare(self.engine, n)  # speed measured once, before the clock starts
         deadline = Deadline(budget.deadline_s)  # the clock starts now, before the prompt
         if not question.strip():
             raise EdgesrmError("the question is empty")
-        if n < 1:
-            raise EdgesrmError(f"the number of paths must be at least 1, got {n}")
-        if max_tokens < 1:
-            raise EdgesrmError(f"max_tokens must be at least 1, got {max_tokens}")
-        if seed is None:
-            seed = random.randrange(2**31)  # reported in the result, so any answer can be replayed
-        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        chat = replace(self.chat, parse_special=True) if parse_special else self.chat
+        if chat_template_kwargs is not None and (
+            not isinstance(chat_template_kwargs, Mapping)
+            or not all(isinstance(k, str) and k not in RESERVED_TEMPLATE_VARIABLES for k in chat_template_kwargs)
+        ):
+            raise EdgesrmError("chat_template_kwargs must map variable names (other than "
+                               f"{', '.join(sorted(RESERVED_TEMPLATE_VARIABLES))}) to values")
         task = Task(
-            engine=self.engine, chat=self.chat, question=question, sampling=sampling, budget=budget, n=n,
+            engine=self.engine, chat=chat, question=question, sampling=sampling, budget=budget, n=n,
             max_tokens=max_tokens, system=system, on_text=on_text, deadline=deadline, early_stop=early_stop,
-            weighted=weighted, waits=waits,
+            weighted=weighted, waits=waits, template_kwargs=dict(chat_template_kwargs or {}),
         )
-        return run_strategy(strategy, task)
+        result = run_strategy(strategy, task)
+        result.notes[:0] = getattr(self, "memory_notes", [])  # what the memory plan gave up (load)
+        return result
 
     def close(self) -> None:
         self.engine.close()
@@ -90,7 +118,7 @@ class Runtime:
 def load(
     model: str | Path | None = None,
     *,
-    n_ctx: int = DEFAULT_CTX,
+    n_ctx: int | None = None,
     threads: int | None = None,
     gpu_layers: int | None = None,
     kv_type: str = "f16",
@@ -100,15 +128,29 @@ def load(
 ) -> Runtime:
     """Load a GGUF model (``None``: the embedded SmolLM2-135M-Instruct) and return a Runtime.
 
-    With ``memory_mb``, the context size, KV cache type, batch and number of parallel
-    sequences are chosen (before loading) so that the estimated peak fits.
+    ``n_ctx`` (tokens, all sequences together) defaults to 4096, or the model's training
+    context if that is smaller; a larger one than the model was trained for is allowed, with an
+    ``EdgesrmWarning``. With ``memory_mb``, the context size, KV cache type, batch and number of
+    parallel sequences are chosen (before loading) so that the estimated peak fits; what was
+    given up to fit is in every result's ``notes``.
     """
+    n_ctx = check_int("n_ctx", n_ctx, MIN_CTX, MAX_CTX, optional=True)  # numbers first, before any loading
+    threads = check_int("threads", threads, 1, MAX_THREADS, optional=True)
+    gpu_layers = check_int("gpu_layers", gpu_layers, -1, INT32_MAX, optional=True)  # -1: all, as in llama.cpp
+    max_sequences = check_int("max_sequences", max_sequences, 1, MAX_SEQUENCES)
+    memory_mb = check_number("memory_mb", memory_mb, 0.0, low_open=True, optional=True, unit=" (MB)")
     set_verbose(verbose)
     path = resolve_model(model)
+    if n_ctx is None:
+        n_ctx = min(DEFAULT_CTX, training_context(path) or DEFAULT_CTX)
     n_batch = 512
+    given_up: tuple[str, ...] = ()
     if memory_mb is not None:
         plan = plan_memory(path, memory_mb, n_ctx=n_ctx, n_seqs=max_sequences, kv_type=kv_type)
         n_ctx, kv_type, max_sequences, n_batch = plan.n_ctx, plan.kv_type, plan.n_seqs, plan.n_batch
+        given_up = plan.given_up
     config = EngineConfig(n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           max_sequences=max_sequences, n_batch=n_batch)
-    return Runtime(Engine(path, config))
+    runtime = Runtime(Engine(path, config))
+    runtime.memory_notes = list(given_up)  # said again in every result's notes
+    return runtime

@@ -43,7 +43,7 @@ def test_same_seed_same_result(runtime):
 
 def test_non_thinking_model_gets_the_step_by_step_prompt(runtime):
     assert not runtime.chat.thinking
-    prompt = runtime.chat.reasoning_prompt("Q?")
+    prompt = runtime.chat.reasoning_prompt("Q?").text
     assert "Final answer:" in prompt and prompt.endswith("<|im_start|>assistant\n")
 
 

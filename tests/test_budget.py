@@ -90,4 +90,4 @@ def test_memory_estimate_matches_measured_peak_rss(n_ctx, kv_type):
     m = json.loads(out)
     # A planner's estimate must not fall short of the real peak, and should not waste much:
     # it counts llama.cpp's whole compute buffer, of which decoding touches about half.
-    assert 0.98 * m["peak_mb"] <= m["estimate_mb"] <= 1.25 * m["peak_mb"], m
+    assert 0.98 * m["peak_mb"] <= m["estimate_mb"] <= 1.3 * m["peak_mb"], m

@@ -87,7 +87,9 @@ def test_sc_votes_over_paths_decoded_together(rt):
     result = rt.ask(SHEEP, strategy="sc", n=6, seed=3, early_stop=False, max_tokens=160)
     assert len(result.paths) == 6
     assert result.completion_tokens == sum(p.tokens for p in result.paths)
-    assert sum(result.votes.values()) == sum(1 for p in result.paths if p.answer is not None)
+    # Finished answers vote, one vote each; answers cut off (by the token cap here) do not.
+    assert sum(result.votes.values()) == sum(1 for p in result.paths if p.answer is not None and p.answer_complete)
+    assert all(p.tokens + p.forced_tokens <= 160 for p in result.paths)
     assert result.extracted == max(result.votes, key=result.votes.get)
     assert len({p.text for p in result.paths}) > 1  # distinct seeds, distinct paths
     assert not result.early_stopped

@@ -35,7 +35,25 @@ def run_strategy(name: str, task: Task) -> Result:
         strategy = STRATEGIES[name]
     except KeyError:
         raise EdgesrmError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
-    return strategy(task)
+    result = strategy(task)
+    result.notes += unused_options(name, result.strategy.split(":")[-1], task)
+    return result
+
+
+def unused_options(asked: str, ran: str, task: Task) -> list[str]:
+    """Notes for the task's options that the strategy that ran (``ran``, chosen by ``asked``)
+    does not use; options left at their defaults are not mentioned."""
+    defaults = Task.__dataclass_fields__
+    notes = []
+    if task.weighted and ran != "sc":
+        notes.append(f"weighted votes are for sc; {ran} ignored them")
+    if task.early_stop != defaults["early_stop"].default and ran != "sc":
+        notes.append(f"turning early stopping off is for sc; {ran} ignored it")
+    if task.waits != defaults["waits"].default and ran != "budget":
+        notes.append(f"waits are for the budget strategy; {ran} ignored them")
+    if task.n not in (1, defaults["n"].default) and ran != "sc" and asked != "auto":
+        notes.append(f"n={task.n} paths are for sc; {ran} ran one path")
+    return notes
 
 
 __all__ = ["STRATEGIES", "run_strategy", "Task", "Result", "PathResult"]

@@ -6,6 +6,27 @@ A path reasons until it writes its answer marker (``</think>`` for thinking mode
 waits, and the strategy decides: answer now (force the marker back), or think more
 (force "Wait", budget forcing). When the token budget or the deadline runs out, the marker
 is forced into paths that are still reasoning, leaving them the steps they need to answer.
+
+The rules, kept here for every strategy (``PathRunner``):
+
+- **Token caps.** What a path spends is its sampled tokens plus the tokens a strategy forced
+  into it (markers, cues, "Wait"); it never exceeds the path's cap: ``max_tokens``, or its
+  share of the token budget (``budget.max_tokens // n``), whichever is less. So all paths
+  together never exceed the token budget. A path's reasoning ends early enough to leave its
+  answer (the marker and ``answer_tokens``, at most half the cap) inside the cap; text a
+  strategy would force but that does not fit is not forced (the phase is given up, and said
+  in ``Result.notes``).
+- **Deadline.** A path still reasoning is made to answer once the time left covers only the
+  steps its answer may take (``answer_tokens``, but never more than the tokens the path may
+  still spend) plus one, at the decode speed measured so far. A deadline that the run would
+  meet anyway therefore changes nothing. Paths are stopped (``deadline``) only when one more
+  step would end after the deadline.
+- **Votes.** Only a finished answer votes: its line ended (non-thinking models) or the model
+  ended its reply after ``</think>``. A path cut before (by the deadline, its token cap, the
+  context, or pruning) does not vote; if no path finished, the answer is taken from the cut
+  ones and ``Result.notes`` says so.
+- **Streaming.** ``on_text`` receives exactly the result's ``reasoning`` and ``answer``
+  (joined, the pieces of each kind equal them).
 """
 
 from __future__ import annotations
@@ -14,10 +35,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from ..answers import extract_answer, normalize
+from ..answers import extract_answer, normalize, vote
 from ..budget import Budget, Deadline
-from ..chat import THINK_CLOSE, ChatFormat
-from ..engine import DROPPED, Engine, Generation, SamplingParams, Sequence
+from ..chat import THINK_CLOSE, THINK_OPEN, ChatFormat, ChatPrompt
+from ..engine import CONTEXT, DROPPED, EOS, LENGTH, STOP, Engine, Generation, SamplingParams, Sequence
 
 StreamCallback = Callable[[str, str], None]  # (kind: "reasoning" | "answer", text)
 
@@ -25,8 +46,19 @@ ANSWERED = "answered"  # a path ended because its answer line was complete
 DEADLINE = "deadline"  # a path was stopped so the answer could be returned in time
 PRUNED = "pruned"  # a path was stopped because it could no longer matter (early stopping)
 
+# What ended a path's reasoning (PathResult.reasoning_ended); "" when it never ended.
+BY_MODEL = "model"  # the model wrote its answer marker or ended its reply (or the strategy chose to answer)
+BY_TOKENS = "tokens"  # the path's token cap (max_tokens, or its share of the token budget)
+BY_DEADLINE = "deadline"  # the time left was only enough for the answer
+
 # How models without a thinking mode mark their answer (the pause strings).
 FINAL_ANSWER_MARKERS = ("Final answer:", "Final Answer:", "final answer:", "FINAL ANSWER:")
+# Tokens a path may spend on its answer once reasoning is over.
+ANSWER_TOKENS = 32
+THINKING_ANSWER_TOKENS = 192
+
+_CUT_REASONS = {LENGTH: "the token limit", DEADLINE: "the deadline", CONTEXT: "the full context", PRUNED: "pruning",
+                DROPPED: "the strategy"}
 
 
 @dataclass
@@ -39,20 +71,31 @@ class Task:
     sampling: SamplingParams
     budget: Budget = field(default_factory=Budget)
     n: int = 8  # paths, for strategies that sample several
-    max_tokens: int = 512  # per path, unless the token budget says less
+    max_tokens: int = 512  # per path (sampled + forced), unless the token budget says less
     system: str | None = None
     on_text: StreamCallback | None = None
     deadline: Deadline = field(default_factory=lambda: Deadline(None))
-    early_stop: bool = True  # sc: stop sampling once the vote is decided
-    weighted: bool = False  # sc: confidence-weighted votes and pruning (DeepConf)
+    early_stop: bool = True  # sc: stop sampling once the vote is decided (and, if weighted, prune unsure paths)
+    weighted: bool = False  # sc: confidence-weighted votes (and pruning, with early_stop) (DeepConf)
     waits: int = 1  # budget: how many times "Wait" may extend the thinking
+    template_kwargs: dict = field(default_factory=dict)  # passed to the chat template (enable_thinking, ...)
 
     @property
     def thinking(self) -> bool:
         return self.chat.thinking
 
-    def prompt(self, system: str | None = None) -> str:
-        return self.chat.reasoning_prompt(self.question, system if system is not None else self.system)
+    def prompt(self, system: str | None = None, **template_kwargs) -> ChatPrompt:
+        """The question rendered in the model's chat template (``system`` overrides the task's)."""
+        return self.chat.reasoning_prompt(self.question, system if system is not None else self.system,
+                                          **{**self.template_kwargs, **template_kwargs})
+
+    def system_with(self, instruction: str) -> str:
+        """A strategy's own system ``instruction``, after the task's system prompt if it has one."""
+        return f"{self.system.rstrip()}\n\n{instruction}" if self.system else instruction
+
+    def start(self, prompt: ChatPrompt) -> Generation:
+        """Prefill ``prompt`` (one BOS, typed control tokens kept as text)."""
+        return self.engine.start(self.engine.tokenize_prompt(prompt.pieces))
 
     def path_sampling(self, i: int) -> SamplingParams:
         """Sampling for path ``i``: distinct, reproducible seeds from the task's seed."""
@@ -70,11 +113,18 @@ class PathResult:
     reasoning: str
     text: str
     tokens: int  # sampled tokens
-    forced_tokens: int
+    forced_tokens: int  # tokens the strategy wrote into it; tokens + forced_tokens <= the path's cap
     confidence: float | None  # mean log-probability of its sampled tokens
     seconds: float
     finish_reason: str
     vote: float = 0.0  # the weight it had in the vote (0: did not vote)
+    reasoning_ended: str = ""  # what ended its reasoning: model, tokens, deadline ("": it never ended)
+    answer_complete: bool = False  # its answer ended (line written, or the reply ended), not cut off
+
+    @property
+    def cut(self) -> bool:
+        """Whether the token cap or the deadline cut its reasoning short, or anything cut its answer."""
+        return self.reasoning_ended in (BY_TOKENS, BY_DEADLINE) or not self.answer_complete
 
 
 @dataclass
@@ -92,7 +142,7 @@ class Result:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int  # sampled tokens, all paths
-    forced_tokens: int
+    forced_tokens: int  # tokens strategies wrote into the paths; with completion_tokens, within the caps
     prefill_s: float
     decode_s: float
     total_s: float
@@ -101,6 +151,7 @@ class Result:
     early_stopped: bool
     model: str
     seed: int | None
+    notes: list[str] = field(default_factory=list)  # what was given up or not honoured, and why
 
     @property
     def tokens_per_s(self) -> float:
@@ -109,61 +160,178 @@ class Result:
     def to_dict(self) -> dict:
         return asdict(self) | {"tokens_per_s": round(self.tokens_per_s, 2)}
 
+    def ending(self) -> str:
+        """What ended the paths, for a stats line: ``ended by eos``, ``reasoning cut by the deadline,
+        ended by length``, or for several paths the count per reason and how many were cut."""
+        if len(self.paths) == 1:
+            p = self.paths[0]
+            cut = {BY_TOKENS: "the token cap", BY_DEADLINE: "the deadline"}.get(p.reasoning_ended)
+            if not p.reasoning_ended and p.finish_reason not in (ANSWERED, EOS, STOP):
+                return f"reasoning cut by {_CUT_REASONS.get(p.finish_reason, p.finish_reason)}, no answer"
+            ended = f"ended by {p.finish_reason}" + ("" if p.answer_complete else " (answer cut off)")
+            return f"reasoning cut by {cut}, {ended}" if cut else ended
+        counts: dict[str, int] = {}
+        for p in self.paths:
+            counts[p.finish_reason] = counts.get(p.finish_reason, 0) + 1
+        ended = ", ".join(f"{reason} {k}" for reason, k in counts.items())
+        cut = [p for p in self.paths if p.cut and p.finish_reason != PRUNED]
+        return f"paths ended by {ended}; {len(cut)} of {len(self.paths)} cut short"
+
 
 class PathRunner:
-    """Steps a generation's paths from reasoning to answer, enforcing the budget."""
+    """Steps a generation's paths from reasoning to answer, enforcing the budget (see the
+    module's docstring for the rules)."""
 
     def __init__(self, task: Task, gen: Generation) -> None:
         self.task, self.gen = task, gen
         self.thinking = task.thinking
         self.pauses = (THINK_CLOSE,) if self.thinking else FINAL_ANSWER_MARKERS
-        # Tokens a path may spend on its answer once reasoning is over.
-        self.answer_tokens = 192 if self.thinking else 32
+        self.answer_tokens = THINKING_ANSWER_TOKENS if self.thinking else ANSWER_TOKENS
+        self._costs: dict[str, int] = {}
+        self.cue_tokens = max(self.cost(c) for c in self._default_cues())
         self.reasoning: set[int] = set()  # indices of paths still reasoning
+        self.notes: list[str] = []  # what a strategy gave up, for Result.notes
         self._answer_start: dict[int, int] = {}  # path index -> text offset of its answer
-        self._think_budget: dict[int, int] = {}  # path index -> tokens it may reason for
+        self._answer_end: dict[int, int] = {}  # path index -> tokens spent when its answer must end
+        self._think_budget: dict[int, int] = {}  # path index -> tokens spent when it must stop reasoning
         self._reasoning_end: dict[int, int] = {}  # path index -> text offset where reasoning ended
-        self._limit: dict[int, int] = {}  # path index -> tokens it may sample in all
+        self._ended_by: dict[int, str] = {}  # path index -> what ended its reasoning
+        self._limit: dict[int, int] = {}  # path index -> tokens it may spend in all (sampled + forced)
+        self._cap: dict[int, int] = {}  # path index -> tokens its current phase may reach (<= limit)
+        self._streams: dict[int, _Stream] = {}
+        self._muted = False  # while forcing: the stream is brought up to date afterwards
         self.forced_answers = 0
 
-    def add(self, sampling: SamplingParams, path_tokens: int, on_text=None) -> Sequence:
-        """A new path that may sample ``path_tokens`` tokens, its answer included."""
-        think_tokens = max(1, path_tokens - min(self.answer_tokens, path_tokens // 2))
+    # -- token accounting -------------------------------------------------------------
+
+    def _default_cues(self) -> tuple[str, ...]:
+        return (THINK_CLOSE + "\n\n",) if self.thinking else ("\nFinal answer:", "Final answer:")
+
+    def cost(self, text: str) -> int:
+        """Tokens ``text`` costs when forced into a path."""
+        if text not in self._costs:
+            self._costs[text] = len(self.task.engine.tokenize(text, add_special=False, parse_special=True))
+        return self._costs[text]
+
+    @staticmethod
+    def spent(seq: Sequence) -> int:
+        """Tokens ``seq`` has spent: sampled and forced."""
+        return seq.n_sampled + seq.n_forced
+
+    def limit(self, seq: Sequence) -> int:
+        return self._limit[seq.index]
+
+    def room(self, seq: Sequence) -> int:
+        """Tokens ``seq`` may still spend."""
+        return self._limit[seq.index] - self.spent(seq)
+
+    def answer_reserve(self, tokens: int) -> int:
+        """Tokens kept for the answer (its marker and its text) out of a phase of ``tokens``:
+        ``answer_tokens`` and the marker, but at most half of it."""
+        return min(self.cue_tokens + self.answer_tokens, max(self.cue_tokens + 1, tokens // 2))
+
+    def add(self, sampling: SamplingParams, path_tokens: int, *, stream: bool = False) -> Sequence:
+        """A new path that may spend ``path_tokens`` tokens (sampled + forced), its answer included.
+        With ``stream``, its reasoning and answer go to ``task.on_text`` as they are written."""
+        on_text = None
+        if stream and self.task.on_text is not None:
+            on_text = self._on_text
         seq = self.gen.add(sampling, max_tokens=path_tokens, pause=self.pauses, pause_on_eos=True, on_text=on_text)
+        if on_text is not None:
+            self._streams[seq.index] = _Stream(self.task.on_text)
         self._limit[seq.index] = path_tokens
         self.reasoning.add(seq.index)
-        self._think_budget[seq.index] = think_tokens
+        self.set_cap(seq, path_tokens)
         return seq
 
+    def set_cap(self, seq: Sequence, tokens: int) -> None:
+        """Let the current phase of ``seq`` (reasoning and its answer) run until ``tokens`` are
+        spent (at most the path's cap); its reasoning then ends in time for the answer."""
+        cap = self._cap[seq.index] = min(tokens, self._limit[seq.index])
+        self._think_budget[seq.index] = cap - self.answer_reserve(cap) if cap > self.cue_tokens else cap
+
     def think_budget(self, seq: Sequence) -> int:
+        """Tokens spent (sampled + forced) at which the reasoning of ``seq`` is ended."""
         return self._think_budget[seq.index]
 
     def set_think_budget(self, seq: Sequence, tokens: int) -> None:
-        self._think_budget[seq.index] = tokens
-        self._limit[seq.index] = max(self._limit[seq.index], tokens + self.answer_tokens)
-        self.gen.configure(seq, max_tokens=self._limit[seq.index])
+        """End the reasoning of ``seq`` once ``tokens`` are spent, or earlier if its answer would
+        not fit in its cap otherwise."""
+        cap = self._cap[seq.index]
+        most = cap - self.answer_reserve(cap) if cap > self.cue_tokens else cap
+        self._think_budget[seq.index] = min(tokens, most)
+
+    def force(self, seq: Sequence, text: str) -> bool:
+        """Force ``text`` into ``seq`` if it fits in the path's cap with one more token after it;
+        whether it was forced."""
+        if self.spent(seq) + self.cost(text) + 1 > self._limit[seq.index]:
+            return False
+        self._muted = True
+        try:
+            self.gen.force(seq, text)
+        finally:
+            self._muted = False
+        return True
+
+    def _sync(self, seq: Sequence) -> None:
+        """Tell the engine how many tokens ``seq`` may sample in its current phase (its forced
+        tokens count too); end it if it may sample none."""
+        i = seq.index
+        allowed = self._answer_end.get(i, self._limit[i]) - seq.n_forced
+        if allowed <= seq.n_sampled:
+            self.gen.drop(seq, LENGTH)
+        else:
+            self.gen.configure(seq, max_tokens=allowed)
+
+    # -- phases -------------------------------------------------------------------------
 
     def on_pause(self, seq: Sequence) -> None:
         """The model wrote its answer marker, or ended without one (``seq.paused_on == EOS``).
         Default: let it answer. Budget forcing overrides this."""
         self.start_answer(seq)
 
-    def start_answer(self, seq: Sequence, *, forced: bool = False) -> None:
-        """End the reasoning of ``seq``: write the answer marker and give it the answer's tokens."""
-        self._reasoning_end[seq.index] = len(seq.text)
-        if self.thinking:
+    def start_answer(self, seq: Sequence, *, forced: bool = False, cue: str | None = None,
+                     by: str | None = None) -> None:
+        """End the reasoning of ``seq``: write the answer marker (or ``cue``; ``""``: none) and
+        give it the answer's tokens. ``by``: what ended the reasoning (``BY_TOKENS`` when
+        ``forced`` and not said)."""
+        i = seq.index
+        if cue is None and self.thinking:
             cue = THINK_CLOSE + "\n\n"
-        else:
+        elif cue is None:
             cue = ("" if seq.text.endswith("\n") or not seq.text else "\n") + "Final answer:"
-        self.gen.force(seq, cue)
-        answer_tokens = max(1, min(self.answer_tokens, self._limit[seq.index] - seq.n_sampled))
-        if self.task.deadline.seconds is not None and self.task.deadline.step_s > 0:
-            steps_left = int(self.task.deadline.remaining / self.task.deadline.step_s) - 1
-            answer_tokens = max(1, min(answer_tokens, steps_left))
-        self.gen.configure(seq, pause=(), pause_on_eos=False, max_tokens=seq.n_sampled + answer_tokens)
-        self.reasoning.discard(seq.index)
-        self._answer_start[seq.index] = len(seq.text)
+        self._reasoning_end[i] = len(seq.text)
+        self._ended_by[i] = by or (BY_TOKENS if forced else BY_MODEL)
+        self.reasoning.discard(i)
+        if cue and not self.force(seq, cue):  # no room left for the marker and an answer
+            self.gen.drop(seq, LENGTH)
+            return
+        # (A deadline that comes first stops it: ``run`` drops paths before a step would end late.)
+        answer_tokens = max(1, min(self.answer_tokens, self._cap[i] - self.spent(seq)))
+        self._answer_end[i] = self.spent(seq) + answer_tokens
+        self.gen.configure(seq, pause=(), pause_on_eos=False)
+        self._answer_start[i] = len(seq.text)
         self.forced_answers += forced
+        self._sync(seq)
+
+    def resume_reasoning(self, seq: Sequence, pauses: tuple[str, ...] | None = None) -> None:
+        """Take ``seq`` back from answering to reasoning (reflection's critique)."""
+        i = seq.index
+        self._answer_start.pop(i, None)
+        self._answer_end.pop(i, None)
+        self._reasoning_end.pop(i, None)
+        self._ended_by.pop(i, None)
+        self.reasoning.add(i)
+        self.gen.configure(seq, pause=self.pauses if pauses is None else pauses, pause_on_eos=True)
+
+    def final_phase(self, seq: Sequence) -> bool:
+        """Whether the answer ``seq`` is writing is its last (reflection's draft is not)."""
+        return True
+
+    def answer_steps(self, seq: Sequence) -> int:
+        """Decode steps to keep for the answer of ``seq`` before a deadline: its answer's tokens,
+        but no more than the tokens it may still spend."""
+        return min(self.answer_tokens, max(0, self._cap[seq.index] - self.spent(seq)))
 
     def run(self, on_update: Callable[[], bool] | None = None) -> None:
         """Step until every path has ended.
@@ -172,27 +340,27 @@ class PathRunner:
         paths, drop them, or end the run by returning True (early stopping).
         """
         gen, deadline = self.gen, self.task.deadline
-        # A step with forced text costs more than a plain one: reserve a few extra steps.
-        reserve_steps = self.answer_tokens if self.thinking else 8
         while True:
             for seq in gen.sequences:
-                if seq.paused:
+                if seq.paused and not seq.finished:
                     self.on_pause(seq) if seq.index in self.reasoning else self.on_answered(seq)
             for seq in gen.active:
-                if seq.index in self.reasoning and seq.n_sampled >= self.think_budget(seq):
-                    self.start_answer(seq, forced=True)
+                if seq.index in self.reasoning and self.spent(seq) >= self.think_budget(seq):
+                    self.start_answer(seq, forced=True, by=BY_TOKENS)
                 elif seq.index in self._answer_start and self._answer_line_done(seq):
                     self.on_answered(seq)
             if on_update is not None and on_update():
                 return
             if deadline.must_stop():
-                for seq in gen.active + [s for s in gen.sequences if s.paused]:
+                for seq in gen.active + [s for s in gen.sequences if s.paused and not s.finished]:
                     gen.drop(seq, DEADLINE)
                 return
-            if deadline.seconds is not None and deadline.must_answer(reserve_steps):
+            if deadline.seconds is not None:
                 for seq in gen.active:
-                    if seq.index in self.reasoning:
-                        self.start_answer(seq, forced=True)
+                    if seq.index in self.reasoning and deadline.must_answer(self.answer_steps(seq)):
+                        self.start_answer(seq, forced=True, by=BY_DEADLINE)
+            for seq in gen.active:
+                self._sync(seq)
             if not gen.active:
                 return
             started = time.perf_counter()
@@ -210,6 +378,16 @@ class PathRunner:
         answer = seq.text[self._answer_start[seq.index] :].lstrip()
         return "\n" in answer
 
+    def _answer_complete(self, seq: Sequence) -> bool:
+        i = seq.index
+        if i not in self._answer_start or not self.final_phase(seq):
+            return False
+        if seq.finish_reason in (ANSWERED, EOS, STOP):
+            return True
+        return not self.thinking and self._answer_line_done(seq)
+
+    # -- results and streaming -----------------------------------------------------------
+
     def result(self, seq: Sequence) -> PathResult:
         """What ``seq`` concluded: its answer split from its reasoning, extracted and normalised."""
         start = self._answer_start.get(seq.index)
@@ -225,27 +403,115 @@ class PathRunner:
         extracted = extract_answer(answer_text) if answer_text else None
         if extracted is None:
             extracted = extract_answer(seq.text)
-        reasoning = reasoning.strip()
-        if reasoning.startswith("<think>"):
-            reasoning = reasoning[len("<think>") :].strip()
         return PathResult(
             index=seq.index,
             answer=normalize(extracted),
             answer_text=answer_text or (extracted or ""),
-            reasoning=reasoning,
+            reasoning=_clean_reasoning(reasoning),
             text=seq.text,
             tokens=seq.n_sampled,
             forced_tokens=seq.n_forced,
             confidence=seq.mean_logprob,
             seconds=seq.seconds,
             finish_reason=seq.finish_reason or ("paused" if seq.paused else "running"),
+            reasoning_ended=self._ended_by.get(seq.index, ""),
+            answer_complete=self._answer_complete(seq),
         )
+
+    def _on_text(self, seq: Sequence, _delta: str) -> None:
+        if not self._muted:
+            self._streams[seq.index].show(*self._shown(seq))
+
+    def _shown(self, seq: Sequence) -> tuple[str, str]:
+        """The reasoning and answer of ``seq`` that can be shown now: prefixes of what
+        ``result`` will say (the answer of a model without thinking waits for its line)."""
+        i = seq.index
+        safe = seq.text[: seq._emitted]  # the engine holds back what may be a pause string
+        if i not in self._answer_start:
+            return _partial_reasoning(safe), ""
+        reasoning = seq.text[: self._reasoning_end[i]]
+        if not self.final_phase(seq):
+            return _partial_reasoning(reasoning), ""
+        return _clean_reasoning(reasoning), (safe[self._answer_start[i] :].strip() if self.thinking else "")
+
+    def flush(self, seq: Sequence) -> PathResult:
+        """The result of ``seq`` once it has ended; the rest of its stream is sent."""
+        path = self.result(seq)
+        stream = self._streams.get(seq.index)
+        if stream is not None:
+            stream.show(path.reasoning, path.answer_text)
+        return path
+
+
+class _Stream:
+    """Sends growing reasoning and answer texts to ``on_text`` as increments."""
+
+    def __init__(self, on_text: StreamCallback) -> None:
+        self.on_text = on_text
+        self.sent = {"reasoning": "", "answer": ""}
+
+    def show(self, reasoning: str, answer: str) -> None:
+        for kind, text in (("reasoning", reasoning), ("answer", answer)):
+            sent = self.sent[kind]
+            if len(text) > len(sent) and text.startswith(sent):
+                self.sent[kind] = text
+                self.on_text(kind, text[len(sent) :])
+
+
+def _clean_reasoning(text: str) -> str:
+    reasoning = text.strip()
+    if reasoning.startswith(THINK_OPEN):
+        reasoning = reasoning[len(THINK_OPEN) :].strip()
+    return reasoning
+
+
+def _partial_reasoning(text: str) -> str:
+    """What of ``text``, still growing, is surely a prefix of ``_clean_reasoning`` of it: up to
+    its last whitespace (a pause string cut later takes at most its last word with it)."""
+    reasoning = text.lstrip()
+    if not reasoning or THINK_OPEN.startswith(reasoning):
+        return ""
+    if reasoning.startswith(THINK_OPEN):
+        reasoning = reasoning[len(THINK_OPEN) :].lstrip()
+    cut = max(reasoning.rfind(" "), reasoning.rfind("\n"), reasoning.rfind("\t"))
+    return reasoning[:cut].rstrip() if cut > 0 else ""
+
+
+def count_votes(paths: list[PathResult], weight: Callable[[PathResult], float] = lambda p: 1.0,
+                ) -> tuple[str | None, dict[str, float], list[str]]:
+    """Vote over finished answers (``weight`` each); cut-off answers do not vote. Sets each
+    path's ``vote``; returns the winner, the tally and notes on what the answer rests on."""
+    for p in paths:
+        p.vote = weight(p) if p.answer is not None and p.answer_complete and p.finish_reason != PRUNED else 0.0
+    voters = [p for p in paths if p.vote > 0]
+    winner, tally = vote([p.answer for p in voters], [p.vote for p in voters])
+    cut = [p for p in paths if p.answer is not None and not p.answer_complete and p.finish_reason != PRUNED]
+    notes = []
+    if not cut:
+        return winner, tally, notes
+    if len(paths) == 1:
+        winner = winner or cut[0].answer
+        notes.append(f"the answer was cut off by {_CUT_REASONS.get(cut[0].finish_reason, cut[0].finish_reason)} "
+                     f"before it ended; {winner} is read from what was written")
+        return winner, tally, notes
+    why = ", ".join(f"path {p.index} by {_CUT_REASONS.get(p.finish_reason, p.finish_reason)}" for p in cut)
+    if winner is None:
+        winner, _ = vote([p.answer for p in cut])
+        notes.append(f"no path finished its answer ({why}); {winner} is read from the cut-off answers, "
+                     "which did not vote")
+    else:
+        notes.append(f"cut off before their answers ended, so not voting: {why}; the answer rests on "
+                     f"{len(voters)} finished {'answer' if len(voters) == 1 else 'answers'}")
+    return winner, tally, notes
 
 
 def finish(task: Task, gen: Generation, strategy: str, paths: list[PathResult], winner: str | None,
-           votes: dict[str, float], *, early_stopped: bool = False) -> Result:
-    """Assemble the Result: the winner's representative path gives the answer text."""
-    chosen = next((p for p in paths if winner is not None and p.answer == winner), paths[0] if paths else None)
+           votes: dict[str, float], *, early_stopped: bool = False, notes: list[str] | None = None) -> Result:
+    """Assemble the Result: the winner's representative path (one that voted for it, the most
+    confident if weighted) gives the answer text, and it streams once if nothing has yet."""
+    voters = [p for p in paths if winner is not None and p.answer == winner and p.vote > 0]
+    chosen = max(voters, key=lambda p: p.vote) if voters else next(
+        (p for p in paths if winner is not None and p.answer == winner), paths[0] if paths else None)
     engine = task.engine
     return Result(
         question=task.question,
@@ -268,29 +534,22 @@ def finish(task: Task, gen: Generation, strategy: str, paths: list[PathResult], 
         early_stopped=early_stopped,
         model=engine.model_path.name,
         seed=task.sampling.seed,
+        notes=list(notes or []),
     )
 
 
-def stream_callback(task: Task, prompt: str):
-    """An ``on_text`` for a path whose text should stream to ``task.on_text`` as
-    reasoning and answer, and the function to call once it has ended."""
+def stream_result(task: Task, result: Result) -> None:
+    """Send a result that did not stream as it was written (several paths) to ``task.on_text``."""
     if task.on_text is None:
-        return None, lambda: None
-    splitter = task.chat.splitter(prompt)
-
-    def on_text(_seq, delta: str) -> None:
-        for kind, piece in splitter.feed(delta):
-            task.on_text(kind, piece)
-
-    def flush() -> None:
-        for kind, piece in splitter.finish():
-            task.on_text(kind, piece)
-
-    return on_text, flush
+        return
+    for kind, text in (("reasoning", result.reasoning), ("answer", result.answer)):
+        if text:
+            task.on_text(kind, text)
 
 
 def tokens_per_path(task: Task, n_paths: int) -> int:
-    """What each path may sample: the token budget shared out, capped by max_tokens."""
+    """What each path may spend (sampled + forced): the token budget shared out, capped by
+    max_tokens."""
     per_path = task.max_tokens
     if task.budget.max_tokens is not None:
         per_path = min(per_path, task.budget.max_tokens // max(1, n_paths))
@@ -298,24 +557,21 @@ def tokens_per_path(task: Task, n_paths: int) -> int:
 
 
 __all__ = [
-    "Task", "PathResult", "Result", "PathRunner", "finish", "tokens_per_path", "stream_callback", "single_path",
-    "ANSWERED", "DEADLINE", "PRUNED", "DROPPED",
+    "Task", "PathResult", "Result", "PathRunner", "finish", "tokens_per_path", "stream_result", "single_path",
+    "count_votes", "ANSWERED", "DEADLINE", "PRUNED", "DROPPED", "BY_MODEL", "BY_TOKENS", "BY_DEADLINE",
 ]
 
 
-def single_path(task: Task, gen: Generation, runner: PathRunner, prompt: str, strategy: str,
+def single_path(task: Task, gen: Generation, runner: PathRunner, strategy: str,
                 before: Callable[[Sequence], None] | None = None) -> Result:
     """Run one path to its answer (streaming it) and wrap it as a Result."""
-    on_text, flush = stream_callback(task, prompt)
     try:
-        seq = runner.add(task.sampling, tokens_per_path(task, 1), on_text=on_text)
+        seq = runner.add(task.sampling, tokens_per_path(task, 1), stream=True)
         if before is not None:
             before(seq)
         runner.run()
     finally:
         gen.close()
-    flush()
-    path = runner.result(seq)
-    votes = {path.answer: 1.0} if path.answer is not None else {}
-    path.vote = 1.0 if votes else 0.0
-    return finish(task, gen, strategy, [path], path.answer, votes)
+    path = runner.flush(seq)
+    winner, votes, notes = count_votes([path])
+    return finish(task, gen, strategy, [path], winner, votes, notes=runner.notes + notes)

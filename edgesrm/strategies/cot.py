@@ -6,7 +6,5 @@ from .base import PathRunner, Result, Task, single_path
 
 
 def run(task: Task) -> Result:
-    prompt = task.prompt()
-    gen = task.engine.start(prompt)
-    runner = PathRunner(task, gen)
-    return single_path(task, gen, runner, prompt, "cot")
+    gen = task.start(task.prompt())
+    return single_path(task, gen, PathRunner(task, gen), "cot")

@@ -1,21 +1,31 @@
-"""direct: answer at once, without reasoning (for thinking models, an empty think block)."""
+"""direct: answer at once, without reasoning (for thinking models, an empty think block).
+
+Templates with a thinking switch (Qwen3, SmolLM3: ``enable_thinking``) are asked to turn
+thinking off and write the empty think block themselves; other thinking models get one forced.
+A system prompt given with the task comes before direct's own instruction.
+"""
 
 from __future__ import annotations
 
-from ..chat import THINK_OPEN
+from ..chat import THINK_CLOSE, THINK_OPEN
 from .base import PathRunner, Result, Task, single_path
 
 DIRECT_SYSTEM = "Answer the question with the final answer only, on one line that starts with 'Final answer:'."
 
 
 def run(task: Task) -> Result:
-    prompt = task.prompt(system=None if task.thinking else DIRECT_SYSTEM)
-    gen = task.engine.start(prompt)
+    switch = {"enable_thinking": False} if task.thinking and task.chat.accepts("enable_thinking") else {}
+    prompt = task.prompt(system=None if task.thinking else task.system_with(DIRECT_SYSTEM), **switch)
+    gen = task.start(prompt)
     runner = PathRunner(task, gen)
+    ends = prompt.text.rstrip()
 
     def answer_now(seq) -> None:
-        if task.thinking and not prompt.rstrip().endswith(THINK_OPEN):
-            gen.force(seq, THINK_OPEN + "\n")
+        if task.thinking and ends.endswith(THINK_CLOSE):  # the template closed the think block
+            runner.start_answer(seq, cue="")
+            return
+        if task.thinking and not ends.endswith(THINK_OPEN):
+            runner.force(seq, THINK_OPEN + "\n")
         runner.start_answer(seq)
 
-    return single_path(task, gen, runner, prompt, "direct", before=answer_now)
+    return single_path(task, gen, runner, "direct", before=answer_now)

@@ -11,8 +11,13 @@ can no longer change the outcome are dropped then. Wrong numeric answers scatter
 runner-up, not all dissenters together, is what the leader has to beat.
 
 Confidence weighting (DeepConf): each path's vote is weighted by its confidence (the
-exponential of its mean token log-probability), and a running path whose recent tokens
-fall below the least confident finished paths is terminated early.
+exponential of its mean token log-probability), and, with early stopping, a running path
+whose recent tokens fall below the least confident finished paths is terminated early.
+Without early stopping every path runs to its end.
+
+Only finished answers vote (see ``base``): a path cut off by the deadline or its token cap
+does not. The result's text is that of a path that voted for the winner. More paths than
+the engine decodes at once (``max_sequences``, e.g. cut by a memory budget) run in turns.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import math
 import numpy as np
 
 from ..answers import vote
-from .base import PRUNED, PathResult, PathRunner, Result, Task, finish, tokens_per_path
+from .base import PRUNED, PathResult, PathRunner, Result, Task, count_votes, finish, stream_result, tokens_per_path
 
 # Beta-posterior probability that the leader is ahead of the runner-up. 0.7 is the lowest
 # threshold that lost no accuracy replayed on 40 GSM8K train questions (benchmarks/RESULTS.md).
@@ -92,31 +97,51 @@ def first_paths(n: int, confidence: float = STOP_CONFIDENCE) -> int:
 
 def run(task: Task) -> Result:
     engine, early_stop, weighted = task.engine, task.early_stop, task.weighted
-    n = min(task.n, engine.config.max_sequences)
-    prompt = task.prompt()
-    gen = engine.start(prompt)
+    n, slots = task.n, engine.config.max_sequences
+    gen = task.start(task.prompt())
     runner = PathRunner(task, gen)
     per_path = tokens_per_path(task, n)
     launched = []
     done: dict[int, PathResult] = {}
     group_confidence: dict[int, float | None] = {}  # DeepConf: finished voting paths' lowest group confidence
-    state = {"early": False}
+    state = {"early": False, "queued": 0}
+    notes = []
+    if n > slots:
+        notes.append(f"sc: the {n} paths run at most {slots} at a time (the engine decodes {slots} sequences at once)")
+
+    def running() -> list:
+        return [s for s in launched if not s.finished]
 
     def launch(k: int) -> None:
-        for _ in range(k):
+        state["queued"] += k
+        fill()
+
+    def fill() -> None:
+        """Start queued paths while sequences are free (and there is time for them)."""
+        free = slots - len(running())
+        while state["queued"] and free > 0:
+            if not time_for_another_path():
+                notes.append(f"sc: {state['queued']} of the {n} paths were not run: too little time was left "
+                             "before the deadline")
+                state["queued"] = 0
+                return
             launched.append(runner.add(task.path_sampling(len(launched)), per_path))
+            state["queued"] -= 1
+            free -= 1
 
     def weight(p: PathResult) -> float:
-        if p.answer is None or p.finish_reason == PRUNED:
-            return 0.0
         return math.exp(p.confidence) if weighted and p.confidence is not None else 1.0
+
+    def votes(p: PathResult) -> bool:
+        """Whether ``p`` votes: a finished answer, not pruned."""
+        return p.answer is not None and p.answer_complete and p.finish_reason != PRUNED
 
     def collect() -> bool:
         """Record the paths that have ended; whether there were any."""
         new = [seq for seq in launched if seq.finished and seq.index not in done]
         for seq in new:
             done[seq.index] = runner.result(seq)
-            if weighted and seq.finish_reason != PRUNED and done[seq.index].answer is not None:
+            if weighted and votes(done[seq.index]):
                 group_confidence[seq.index] = lowest_group_confidence(seq.logprobs)
         return bool(new)
 
@@ -128,7 +153,7 @@ def run(task: Task) -> Result:
             return False
         threshold = float(np.percentile(finished_conf, 10))
         pruned = False
-        for seq in [s for s in launched if not s.finished]:
+        for seq in running():
             recent = [lp for lp in seq.logprobs[-GROUP:] if lp is not None and not math.isnan(lp)]
             if len(recent) == GROUP and sum(recent) / GROUP < threshold:
                 gen.drop(seq, PRUNED)
@@ -146,24 +171,25 @@ def run(task: Task) -> Result:
 
     def update() -> bool:
         ended = collect()
-        if weighted:
+        if weighted and early_stop:  # DeepConf's pruning is early stopping too
             ended = prune_unconfident() or ended
-        if not early_stop or not ended:  # the vote only changes when a path ends
-            return False
-        running = [s for s in launched if not s.finished]
-        voting = [p for p in done.values() if weight(p) > 0]
-        _, tally = vote([p.answer for p in voting], [weight(p) for p in voting])
-        _, counts = vote([p.answer for p in voting])
-        if vote_decided(tally, counts, undecided=len(running) + n - len(launched)):
-            for seq in running:
-                gen.drop(seq, PRUNED)
-                done[seq.index] = runner.result(seq)
-            state["early"] = True
-            return True
-        leader, runner_up = standing(tally, counts)
-        extra = paths_needed(leader, runner_up, len(voting), len(running), n - len(launched))
-        if extra and time_for_another_path():
-            launch(extra)
+        if early_stop and ended:  # the vote only changes when a path ends
+            live = running()
+            voting = [p for p in done.values() if votes(p)]
+            _, tally = vote([p.answer for p in voting], [weight(p) for p in voting])
+            _, counts = vote([p.answer for p in voting])
+            if vote_decided(tally, counts, undecided=len(live) + n - len(launched)):
+                for seq in live:
+                    gen.drop(seq, PRUNED)
+                    done[seq.index] = runner.result(seq)
+                state["early"], state["queued"] = True, 0
+                return True
+            leader, runner_up = standing(tally, counts)
+            extra = paths_needed(leader, runner_up, len(voting), len(live) + state["queued"],
+                                 n - len(launched) - state["queued"])
+            if extra and time_for_another_path():
+                launch(extra)
+        fill()
         return False
 
     launch(first_paths(n) if early_stop else n)
@@ -173,7 +199,8 @@ def run(task: Task) -> Result:
     finally:
         gen.close()
     paths = [done.get(s.index) or runner.result(s) for s in launched]
-    for p in paths:
-        p.vote = weight(p)
-    winner, tally = vote([p.answer for p in paths], [p.vote for p in paths])
-    return finish(task, gen, "sc", paths, winner, tally, early_stopped=state["early"])
+    winner, tally, vote_notes = count_votes(paths, weight)
+    result = finish(task, gen, "sc", paths, winner, tally, early_stopped=state["early"],
+                    notes=runner.notes + notes + vote_notes)
+    stream_result(task, result)  # several paths: the chosen one streams once voted
+    return result
