@@ -47,11 +47,14 @@ is confident and asks Hugging Face's Math-Verify where it is not:
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from fractions import Fraction
+
+from .errors import EdgesrmError
 
 __all__ = ["answers_match", "extract_answer", "grade", "normalize", "vote"]
 
@@ -100,8 +103,10 @@ def extract_answer(text: str, *, last_number: bool = True) -> str | None:
     whose answer is the rest of its line. Without either, the reply's last number (a fraction,
     root, power, scientific notation, thousands separators including single spaces: "1 000"),
     unless ``last_number`` is False.
-    Runs in time linear in the length of ``text``.
+    Runs in time linear in the length of ``text``. Raises ``EdgesrmError`` if ``text`` is not a str.
     """
+    if not isinstance(text, str):
+        raise EdgesrmError(f"extract_answer takes text (a str), got {type(text).__name__}")
     if not text:
         return None
     boxed_at, boxed = _last_boxed(text)
@@ -311,10 +316,15 @@ def grade(predicted: str | None, gold: str | None) -> bool:
 def vote(answers: Iterable[str | None], weights: Iterable[float] | None = None) -> tuple[str | None, dict[str, float]]:
     """Majority (or weighted) vote over normalised answers; None answers do not vote.
 
-    Returns the winner and the tally, largest first; ties go to the answer seen first.
+    Returns the winner and the tally, largest first; ties go to the answer seen first. Raises
+    ``EdgesrmError`` when ``weights`` are not one finite, non-negative number per answer.
     """
     answers = list(answers)
     weights = list(weights) if weights is not None else [1.0] * len(answers)
+    if len(weights) != len(answers) or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights
+    ):
+        raise EdgesrmError("vote weights must be one finite, non-negative number per answer")
     tally: dict[str, float] = defaultdict(float)
     for answer, weight in zip(answers, weights):
         if answer is not None:

@@ -210,7 +210,7 @@ def plan_memory(
             ctx = max(min_ctx, ctx // 2)
     smallest = estimate_memory(shape, n_ctx=min_ctx, kv_type=kv_types[-1], n_seqs=1, n_batch=batches[-1])
     raise EdgesrmError(
-        f"{model_path.name} does not fit in {memory_mb:,.0f} MB: even the smallest configuration needs "
+        f"{model_path.name} does not fit in {memory_mb:,.6g} MB: even the smallest configuration needs "
         f"{smallest.describe()}; allow at least {math.ceil(smallest.total_mb)} MB or use a smaller quantization"
     )
 

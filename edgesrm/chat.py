@@ -260,6 +260,8 @@ class ChatFormat:
             rendered = self._render_raw(marked, add_generation_prompt, kwargs)
         except jinja2.exceptions.TemplateError as exc:
             raise EdgesrmError(f"the model's chat template failed: {exc}") from None
+        except EdgesrmError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a template's own bug (TypeError, ...): one line
             raise EdgesrmError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from None
         return _split_marked(rendered)

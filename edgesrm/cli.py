@@ -110,7 +110,7 @@ STRATEGY_HELP = (
 @click.option("--max-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), default=512, show_default=True,
               help="Most tokens per path, reasoning included.")
 @click.option("--temperature", type=FiniteRange(min=0.0, max=100.0), default=0.6, show_default=True,
-              help="Sampling temperature; 0 means greedy (always the most likely token).")
+              help="Sampling temperature: 0 means greedy (always the most likely token), else 1e-6 to 100.")
 @click.option("--top-p", type=FiniteRange(min=0.0, max=1.0, min_open=True), default=0.95, show_default=True,
               help="Nucleus sampling: keep the smallest set of tokens with this total probability.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**32 - 2), default=None,
@@ -212,7 +212,8 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
               help="Seconds per question.")
 @click.option("--max-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), default=512, show_default=True,
               help="Most tokens per path.")
-@click.option("--temperature", type=FiniteRange(min=0.0, max=100.0), default=0.6, show_default=True)
+@click.option("--temperature", type=FiniteRange(min=0.0, max=100.0), default=0.6, show_default=True,
+              help="Sampling temperature: 0 means greedy, else 1e-6 to 100.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**31), default=0, show_default=True,
               help="Base seed; question i uses seed + i, so runs are reproducible.")
 @click.option("--weighted", is_flag=True, help="sc: confidence-weighted votes (DeepConf).")
@@ -330,8 +331,28 @@ cli.add_command(convert_command)
 cli.add_command(quantize_command)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 def main() -> None:
-    cli(prog_name="edgesrm")
+    """The console script: click's usage errors become one ``error:`` line (exit code 2), like
+    every other error, with the command's ``--help`` named."""
+    try:
+        code = cli.main(prog_name="edgesrm", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:  # bare `edgesrm`: the help, as a help request
+        click.echo(exc.format_message())
+        sys.exit(0)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "edgesrm"
+        click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from .budget import Budget, Deadline, plan_memory
 from .chat import ChatFormat
 from .checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS, MIN_CTX, check_int, check_number
 from .engine import Engine, EngineConfig, SamplingParams, set_verbose
+from .engine.text import clean_text
 from .errors import EdgesrmError
 from .models import resolve_model, training_context
 from .strategies import Result, Task, auto, run_strategy
@@ -83,6 +84,16 @@ class Runtime:
             raise EdgesrmError(f"budget must be an edgesrm.Budget, got {type(budget).__name__}")
         if not isinstance(question, str):
             raise EdgesrmError(f"the question must be a str, got {type(question).__name__}")
+        if system is not None and not isinstance(system, str):
+            raise EdgesrmError(f"system must be a str or None, got {type(system).__name__}")
+        for name, flag in (("early_stop", early_stop), ("weighted", weighted), ("parse_special", parse_special)):
+            if not isinstance(flag, bool):
+                raise EdgesrmError(f"{name} must be True or False, got {flag!r}")
+        if on_text is not None and not callable(on_text):
+            raise EdgesrmError(f"on_text must be a function (kind, text) or None, got {type(on_text).__name__}")
+        # Bytes that were not UTF-8 (command lines, JSON "\\udcff") become U+FFFD here, so that the
+        # result's question is valid text too.
+        question, system = clean_text(question), None if system is None else clean_text(system)
         budget = budget or Budget()
         if strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
             auto.prepare(self.engine, n)  # speed measured once, before the clock starts
@@ -103,6 +114,9 @@ class Runtime:
         )
         result = run_strategy(strategy, task)
         result.notes[:0] = getattr(self, "memory_notes", [])  # what the memory plan gave up (load)
+        if budget.memory_mb is not None:
+            result.notes.append("a memory budget is planned when the model is loaded (edgesrm.load(memory_mb=...), "
+                                "ask --memory); Budget.memory_mb in ask changes nothing")
         return result
 
     def close(self) -> None:

@@ -226,5 +226,9 @@ def test_direct_turns_thinking_off_through_the_template_switch(deepseek_r1_tiny)
         prompt = "".join(eng.detokenize_special(t) for t in seen[-1])
         assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
         assert result.forced_tokens == 0  # the template closed the think block; nothing forced
-        rt.ask("What is 2+2?", strategy="cot", seed=1, max_tokens=4, chat_template_kwargs={"enable_thinking": False})
-        assert "".join(eng.detokenize_special(t) for t in seen[-1]).endswith("</think>\n\n")
+        for strategy in ("cot", "sc", "budget"):
+            result = rt.ask("What is 2+2?", strategy=strategy, n=2, seed=1, max_tokens=6,
+                            chat_template_kwargs={"enable_thinking": False})
+            assert "".join(eng.detokenize_special(t) for t in seen[-1]).endswith("</think>\n\n")
+            # thinking is off: the reply is the answer, no </think> forced into it
+            assert result.forced_tokens == 0 and all(p.reasoning == "" for p in result.paths), strategy

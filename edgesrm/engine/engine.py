@@ -68,6 +68,13 @@ class EngineConfig:
         set_field(self, "n_gpu_layers", check_int("n_gpu_layers", self.n_gpu_layers, -1, INT32_MAX, optional=True))
         set_field(self, "max_sequences", check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES))
         set_field(self, "n_batch", check_int("n_batch", self.n_batch, 1, MAX_CTX))
+        # llama.cpp clamps the batch to the context and needs one output row per sequence
+        # (the prompt's included) in a batch: fewer aborts the process (GGML_ASSERT).
+        if min(self.n_ctx, self.n_batch) < self.max_sequences + 1:
+            raise EdgesrmError(
+                f"a context (and batch) of {min(self.n_ctx, self.n_batch):,} tokens cannot hold {self.max_sequences} "
+                f"parallel sequences: use at least {self.max_sequences + 1} tokens, or fewer sequences"
+            )
 
 
 @dataclass

@@ -185,6 +185,10 @@ class PathRunner:
     def __init__(self, task: Task, gen: Generation) -> None:
         self.task, self.gen = task, gen
         self.thinking = task.thinking
+        # The template closed the think block itself (thinking switched off, e.g. Qwen3's
+        # enable_thinking=False): every path starts with its answer, which may use its whole cap.
+        tail = task.engine.detokenize(gen.prompt_tokens[-8:]).rstrip()
+        self.thinking_off = self.thinking and tail.endswith(THINK_CLOSE)
         self.pauses = (THINK_CLOSE,) if self.thinking else FINAL_ANSWER_MARKERS
         self.answer_tokens = THINKING_ANSWER_TOKENS if self.thinking else ANSWER_TOKENS
         self._costs: dict[str, int] = {}
@@ -242,6 +246,8 @@ class PathRunner:
         self._limit[seq.index] = path_tokens
         self.reasoning.add(seq.index)
         self.set_cap(seq, path_tokens)
+        if self.thinking_off:
+            self.start_answer(seq, cue="", answer_tokens=path_tokens)
         return seq
 
     def set_cap(self, seq: Sequence, tokens: int) -> None:
@@ -291,7 +297,7 @@ class PathRunner:
         self.start_answer(seq)
 
     def start_answer(self, seq: Sequence, *, forced: bool = False, cue: str | None = None,
-                     by: str | None = None) -> None:
+                     by: str | None = None, answer_tokens: int | None = None) -> None:
         """End the reasoning of ``seq``: write the answer marker (or ``cue``; ``""``: none) and
         give it the answer's tokens. ``by``: what ended the reasoning (``BY_TOKENS`` when
         ``forced`` and not said)."""
@@ -307,7 +313,7 @@ class PathRunner:
             self.gen.drop(seq, LENGTH)
             return
         # (A deadline that comes first stops it: ``run`` drops paths before a step would end late.)
-        answer_tokens = max(1, min(self.answer_tokens, self._cap[i] - self.spent(seq)))
+        answer_tokens = max(1, min(answer_tokens or self.answer_tokens, self._cap[i] - self.spent(seq)))
         self._answer_end[i] = self.spent(seq) + answer_tokens
         self.gen.configure(seq, pause=(), pause_on_eos=False)
         self._answer_start[i] = len(seq.text)
@@ -513,6 +519,16 @@ def finish(task: Task, gen: Generation, strategy: str, paths: list[PathResult], 
     chosen = max(voters, key=lambda p: p.vote) if voters else next(
         (p for p in paths if winner is not None and p.answer == winner), paths[0] if paths else None)
     engine = task.engine
+    notes = list(notes or [])
+    if task.deadline.missed:
+        notes.append(f"the deadline of {task.deadline.seconds:g} s was missed ({task.deadline.elapsed:.2f} s): the "
+                     f"prompt's prefill alone took {gen.timings.prefill_s:.2f} s" if not any(p.tokens for p in paths)
+                     else f"the deadline of {task.deadline.seconds:g} s was missed ({task.deadline.elapsed:.2f} s): "
+                     "a decode step took longer than the ones before it")
+    if paths and not any(p.answer_complete for p in paths):
+        reasons = sorted({_CUT_REASONS.get(p.finish_reason, p.finish_reason) for p in paths})
+        notes.append(f"no path finished an answer (ended by {', '.join(reasons)}): the answer, if any, is read "
+                     "from cut-off text")
     return Result(
         question=task.question,
         answer=chosen.answer_text if chosen else "",
@@ -534,7 +550,7 @@ def finish(task: Task, gen: Generation, strategy: str, paths: list[PathResult], 
         early_stopped=early_stopped,
         model=engine.model_path.name,
         seed=task.sampling.seed,
-        notes=list(notes or []),
+        notes=notes,
     )
 
 

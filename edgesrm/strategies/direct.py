@@ -7,7 +7,7 @@ A system prompt given with the task comes before direct's own instruction.
 
 from __future__ import annotations
 
-from ..chat import THINK_CLOSE, THINK_OPEN
+from ..chat import THINK_OPEN
 from .base import PathRunner, Result, Task, single_path
 
 DIRECT_SYSTEM = "Answer the question with the final answer only, on one line that starts with 'Final answer:'."
@@ -21,8 +21,7 @@ def run(task: Task) -> Result:
     ends = prompt.text.rstrip()
 
     def answer_now(seq) -> None:
-        if task.thinking and ends.endswith(THINK_CLOSE):  # the template closed the think block
-            runner.start_answer(seq, cue="")
+        if runner.thinking_off:  # the template closed the think block: the path is answering already
             return
         if task.thinking and not ends.endswith(THINK_OPEN):
             runner.force(seq, THINK_OPEN + "\n")

@@ -98,6 +98,11 @@ def first_paths(n: int, confidence: float = STOP_CONFIDENCE) -> int:
 def run(task: Task) -> Result:
     engine, early_stop, weighted = task.engine, task.early_stop, task.weighted
     n, slots = task.n, engine.config.max_sequences
+    notes = []
+    if task.budget.max_tokens is not None and task.budget.max_tokens < n:
+        notes.append(f"sc: {task.budget.max_tokens} paths instead of {n}: the token budget of "
+                     f"{task.budget.max_tokens} gives each path at least one token")
+        n = task.budget.max_tokens
     gen = task.start(task.prompt())
     runner = PathRunner(task, gen)
     per_path = tokens_per_path(task, n)
@@ -105,7 +110,6 @@ def run(task: Task) -> Result:
     done: dict[int, PathResult] = {}
     group_confidence: dict[int, float | None] = {}  # DeepConf: finished voting paths' lowest group confidence
     state = {"early": False, "queued": 0}
-    notes = []
     if n > slots:
         notes.append(f"sc: the {n} paths run at most {slots} at a time (the engine decodes {slots} sequences at once)")
 
