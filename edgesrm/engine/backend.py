@@ -83,8 +83,8 @@ def use_extra_buffer_types() -> bool:
     llama-cpp-python 0.3.36 vendors crashes the process (SIGSEGV in ``ggml_backend_amx_mul_mat``
     on the first multi-token decode of a Q4_1 model, measured here), and llama.cpp offers the AMX
     layout before the AVX-512 repack one, so both go. ``EDGESRM_ALLOW_AMX=1`` keeps them (for a
-    fixed llama.cpp); rebuilding with ``python native/build_llama_cpp.py`` leaves AMX out and
-    keeps the repack layouts.
+    fixed llama.cpp). A build without AMX (``-mno-amx-int8`` in the compiler flags) would keep the
+    repack layouts; the accelerator build script does not make one yet.
     """
     if os.environ.get("EDGESRM_ALLOW_AMX") == "1":
         return True
