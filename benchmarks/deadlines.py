@@ -49,7 +49,8 @@ def eval_model() -> Path:
 def measure(rt, strategy: str, item, deadline: float | None, args) -> dict:
     result = rt.ask(item.question, strategy=strategy, n=args.n, max_tokens=args.max_tokens, seed=args.seed + item.id,
                     temperature=args.temperature, budget=Budget(deadline_s=deadline))
-    cut = sum(p.finish_reason == "deadline" for p in result.paths)
+    # cut by the deadline: stopped by it, or its reasoning ended by it (answer forced in time)
+    cut = sum(p.finish_reason == "deadline" or p.reasoning_ended == "deadline" for p in result.paths)
     return {
         "id": item.id, "strategy": strategy, "deadline": deadline, "answer": result.extracted,
         "correct": answers_match(result.extracted, item.gold), "seconds": round(result.total_s, 3),

@@ -282,7 +282,47 @@ def _normalize_once(answer: str) -> str | None:
     listed = _number_list(text)
     if listed is not None:
         return listed
-    return _canonical_text(text) or None
+    canonical = _canonical_text(text)
+    return _radical(canonical) or canonical or None
+
+
+_ROOT_MAX = 10**10  # radicands factored by trial division: up to 10^5 divisions
+_RADICAL_RES = (  # (sign, coefficient, radicand, denominator) from the canonical text's forms
+    (re.compile(r"(-?)(\d*)\\sqrt\{(\d+)\}"), lambda m: (m[1], m[2], m[3], "1")),  # 3\sqrt{13}
+    (re.compile(r"(-?)\\frac\{(\d*)\\sqrt\{(\d+)\}\}\{(\d+)\}"), lambda m: (m[1], m[2], m[3], m[4])),
+    (re.compile(r"(-?)\\frac\{(\d+)\}\{(\d+)\}\\sqrt\{(\d+)\}"), lambda m: (m[1], m[2], m[4], m[3])),
+)
+
+
+def _radical(text: str) -> str | None:
+    """A rational multiple of a square root written one way, its radicand square-free:
+    ``\\sqrt{117}`` and ``3\\sqrt{13}`` are ``3\\sqrt{13}``; ``\\frac{3}{4}\\sqrt{3}`` is
+    ``\\frac{3\\sqrt{3}}{4}``; a root that is rational is that number. None for anything else."""
+    for pattern, parts in _RADICAL_RES:
+        match = pattern.fullmatch(text)
+        if match:
+            sign, coefficient, radicand, denominator = parts(match)
+            break
+    else:
+        return None
+    n, den = int(radicand), int(denominator)
+    if not 0 < n <= _ROOT_MAX or den == 0:
+        return None
+    outside, i = 1, 2
+    while i * i <= n:
+        while n % (i * i) == 0:
+            n //= i * i
+            outside *= i
+        i += 1
+    value = Fraction(int(coefficient or 1) * outside, den) * (-1 if sign else 1)
+    if n == 1:
+        return _format_number(value)
+    if value == 0:
+        return "0"
+    head = "-" if value < 0 else ""
+    p, q = abs(value.numerator), value.denominator
+    root = ("" if p == 1 else str(p)) + f"\\sqrt{{{n}}}"
+    return head + (root if q == 1 else f"\\frac{{{root}}}{{{q}}}")
 
 
 def answers_match(predicted: str | None, gold: str | None) -> bool:

@@ -235,7 +235,8 @@ def test_without_math_verify_grading_is_edgesrm_rule(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_math_verify)
     assert grade("−5", "-5")
-    assert not grade("\\frac{1}{2}\\sqrt{3}", "\\frac{\\sqrt{3}}{2}")
+    assert grade("\\frac{1}{2}\\sqrt{3}", "\\frac{\\sqrt{3}}{2}")  # roots: edgesrm's own rule
+    assert not grade("\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}")  # needs Math-Verify
     assert grade("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}")
 
 
@@ -245,3 +246,18 @@ def test_answers_do_not_import_sympy():
     code = ("import sys, edgesrm.answers as a; a.answers_match('x', 'y'); a.vote(['1']); "
             "assert 'sympy' not in sys.modules and 'math_verify' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("a, b", [
+    (r"3\sqrt{13}", r"\sqrt{117}"), (r"\frac{3\sqrt{3}}{4}", r"\frac{3}{4}\sqrt{3}"), (r"\frac34\sqrt3", r"\frac{3\sqrt3}{4}"),
+    (r"\frac{1}{2}\sqrt{3}", r"\dfrac{\sqrt{3}}{2}"), (r"\sqrt{8}", r"2\sqrt{2}"), (r"-\sqrt{12}", r"-2\sqrt{3}"),
+    (r"\frac{2\sqrt{9}}{3}", "2"),
+])
+def test_square_roots_are_one_vote_and_one_grade(a, b):
+    # the vote (normalize) and eval's grading agree: equal roots are one answer for both
+    assert normalize(a) == normalize(b) and answers_match(a, b) and grade(a, b)
+
+
+@pytest.mark.parametrize("a, b", [(r"3\sqrt{13}", r"\sqrt{13}"), (r"2\sqrt{2}", r"2\sqrt{3}"), (r"\sqrt{8}", "2")])
+def test_different_roots_stay_different(a, b):
+    assert not answers_match(a, b)
