@@ -241,6 +241,7 @@ class Engine:
         """
         pieces = [(prompt, True)] if isinstance(prompt, str) else list(prompt)
         ids: list[int] = []
+        newline = self.tokenize("\n", parse_special=False) if len(pieces) > 1 else []
         for i, (text, special) in enumerate(pieces):
             if not text:
                 continue
@@ -249,7 +250,6 @@ class Engine:
                 continue
             # A piece after the first continues the text: tokenized after a newline, whose
             # tokens are then cut, so that SentencePiece adds no space prefix in the middle.
-            newline = self.tokenize("\n", parse_special=False)
             with_newline = self.tokenize("\n" + text, parse_special=special)
             ids += (with_newline[len(newline):] if with_newline[: len(newline)] == newline
                     else self.tokenize(text, parse_special=special))
