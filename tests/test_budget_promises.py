@@ -22,7 +22,7 @@ from edgesrm.cli import cli
 from edgesrm.engine import Engine, EngineConfig, SamplingParams
 from edgesrm.runtime import Runtime
 from edgesrm.strategies import Task, run_strategy
-from edgesrm.strategies.base import BY_DEADLINE, PRUNED, tokens_per_path
+from edgesrm.strategies.base import BY_DEADLINE, PRUNED, THINKING_ANSWER_TOKENS, tokens_per_path
 from edgesrm.strategies.direct import DIRECT_SYSTEM
 from edgesrm.strategies.plan import PLAN_SYSTEM
 
@@ -188,6 +188,21 @@ def test_answers_cut_by_the_deadline_do_not_vote(rt):
                            early_stop=False)
     check_promises(result, streamed, max_tokens=64)
     assert any(p.answer_complete and p.vote == 1 for p in result.paths)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sc_launches_late_paths_when_the_deadline_would_be_met(rt, seed):
+    """Early stopping launches paths as the vote needs them. A deadline the run meets anyway
+    must not hold those back (a rule judged by typical path times did: paths quicker than
+    the median were never run, and the vote changed)."""
+    step_s = 0.002  # a fast machine's steps: paths take less time than the last ones did
+    counter = SimulatedDeadline(None, step_s=step_s)  # counts the unconstrained run's steps
+    free, _ = ask(rt, "sc", PENCILS, seed=seed, n=8, max_tokens=48, deadline=counter)
+    room = counter.steps + THINKING_ANSWER_TOKENS + 2  # more than the run and any answer reserve
+    timed, streamed = ask(rt, "sc", PENCILS, seed=seed, n=8, max_tokens=48, deadline=SimulatedDeadline(room * step_s, step_s))
+    check_promises(timed, streamed, max_tokens=48)
+    assert [p.text for p in timed.paths] == [p.text for p in free.paths]
+    assert (timed.extracted, timed.votes) == (free.extracted, free.votes)
 
 
 MEMORY_RUN = r"""

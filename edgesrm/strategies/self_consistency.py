@@ -166,12 +166,15 @@ def run(task: Task) -> Result:
         return pruned
 
     def time_for_another_path() -> bool:
-        """A path launched now must be able to finish before the deadline, judging by the
-        paths that have finished."""
-        if task.deadline.seconds is None or not done:
+        """Whether a path launched now still has time to write an answer line before the
+        deadline (at the decode speed measured so far). A path the deadline then cuts does not
+        vote; launching it rather than guessing its length keeps the rule that a deadline the
+        run would meet anyway changes nothing (judged by the median path time, paths quicker
+        than the median were held back and the vote changed)."""
+        deadline = task.deadline
+        if deadline.seconds is None:
             return True
-        typical = float(np.median([p.seconds for p in done.values()]))
-        return task.deadline.remaining > 1.2 * typical
+        return deadline.remaining > (runner.answer_tokens + 1) * deadline.step_s
 
     def update() -> bool:
         ended = collect()
