@@ -109,15 +109,20 @@ def main() -> None:
                   f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
 
     plan = {"direct": items, "cot": items, "sc": items[: args.sc_limit]}
+    asked = {strategy: {item.id for item in chosen} for strategy, chosen in plan.items()}
+
+    def rows_of(strategy: str) -> list[dict]:  # this run's questions only (the file may hold more)
+        return [r for r in rows if r["strategy"] == strategy and r["id"] in asked[strategy]]
+
     with rt:
         for strategy, chosen in plan.items():
             run(strategy, chosen, None)
         for strategy in ("cot", "sc"):
-            median = float(np.median([r["seconds"] for r in rows if r["strategy"] == strategy and r["deadline"] is None]))
+            median = float(np.median([r["seconds"] for r in rows_of(strategy) if r["deadline"] is None]))
             for fraction in FRACTIONS:
                 run(strategy, plan[strategy], round(fraction * median, 2))
     print(f"load average {os.getloadavg()[0]:.2f} after the run", file=sys.stderr)
-    summarize(rows)
+    summarize([r for strategy in plan for r in rows_of(strategy)])
 
 
 if __name__ == "__main__":
