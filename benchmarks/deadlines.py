@@ -38,6 +38,7 @@ from edgesrm.runtime import load
 
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.5, 0.75, 1.0)
+EVAL_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"  # the name scripts/get_eval_model.py gives it
 
 
 def eval_model() -> Path:
@@ -60,14 +61,20 @@ def measure(rt, strategy: str, item, deadline: float | None, args) -> dict:
 
 
 def summarize(rows: list[dict]) -> None:
+    """Per strategy and deadline: accuracy, misses, runs the deadline cut, and among runs it did
+    not cut, how many gave the unconstrained run's text (issue 15's rule: all of them).
+
+    "Did not cut" is judged in the run itself: this machine's decode speed varies by up to a third
+    between runs, so the unconstrained run's time does not say whether a later run met the deadline.
+    """
     base = {(r["strategy"], r["id"]): r for r in rows if r["deadline"] is None}
     print(f"{'strategy':<8} {'deadline':>9} {'n':>3} {'accuracy':>8} {'misses':>6} {'cut':>4} "
-          f"{'non-binding same':>16} {'mean s':>7}")
+          f"{'uncut, same text':>16} {'mean s':>7}")
     keys = sorted({(r["strategy"], r["deadline"] or 0.0) for r in rows})
     for strategy, deadline in keys:
         group = [r for r in rows if r["strategy"] == strategy and (r["deadline"] or 0.0) == deadline]
         same = [r["text"] == base[(strategy, r["id"])]["text"] for r in group if deadline
-                and (strategy, r["id"]) in base and base[(strategy, r["id"])]["seconds"] < 0.9 * deadline]
+                and (strategy, r["id"]) in base and r["cut_paths"] == 0]
         label = f"{deadline:.2f} s" if deadline else "none"
         print(f"{strategy:<8} {label:>9} {len(group):>3} {100 * np.mean([r['correct'] for r in group]):7.1f}% "
               f"{sum(r['missed'] for r in group):>6} {sum(r['cut_paths'] > 0 for r in group):>4} "
@@ -85,14 +92,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--summary", action="store_true", help="only print the table of what --out holds")
     args = parser.parse_args()
 
-    model = args.model or eval_model()
+    model = args.model or (Path(EVAL_MODEL) if args.summary else eval_model())
     out = args.out or ROOT / "benchmarks" / "results" / "deadlines" / f"{model.stem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     done = {(r["strategy"], r["id"], r["deadline"]) for r in rows}
     items = load_items(find_dataset("gsm8k"), args.limit)
+    if args.summary:
+        asked = {"direct": {i.id for i in items}, "cot": {i.id for i in items}, "sc": {i.id for i in items[: args.sc_limit]}}
+        summarize([r for r in rows if r["id"] in asked[r["strategy"]]])
+        return
     print(f"model {model.name}, load average {os.getloadavg()[0]:.2f} before the run", file=sys.stderr)
 
     rt = load(model, n_ctx=1024 + args.n * args.max_tokens, threads=args.threads, max_sequences=args.n)
