@@ -192,6 +192,9 @@ def test_existing_output_is_kept_unless_forced(good, tmp_path):
     out = tmp_path / "model.gguf"
     out.write_bytes(b"precious")
     assert_one_error(run_convert(good, out), "already exists", "--force")
+    assert "force=True" not in run_convert(good, out).stderr
+    with pytest.raises(EdgesrmError, match="force=True"):
+        convert(good, out, progress=False)
     assert out.read_bytes() == b"precious"
     proc = run_convert(good, out, "--force")
     assert proc.returncode == 0, proc.stderr
@@ -301,8 +304,13 @@ def test_quantize_errors(good, tmp_path):
     assert_one_error(edgesrm_cli("quantize", str(f16), str(out), "--quant", "IQ1_S"), "importance matrix")
     assert_one_error(edgesrm_cli("quantize", str(good / "config.json"), str(out), "--quant", "Q8_0"), "not a GGUF")
     assert_one_error(edgesrm_cli("quantize", str(f16), str(f16), "--quant", "Q8_0", "--force"), "overwrite the input")
+    # Errors speak the interface's language: the CLI's options, the API's parameters.
     assert_one_error(edgesrm_cli("quantize", str(default_model_path()), str(out), "--quant", "Q4_0"),
-                     "already quantized")
+                     "already quantized", "--allow-requantize")
+    assert "allow_requantize" not in edgesrm_cli("quantize", str(default_model_path()), str(out), "--quant",
+                                                 "Q4_0").stderr
+    with pytest.raises(EdgesrmError, match="allow_requantize=True"):
+        quantize(default_model_path(), out, "Q4_0")
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(f16.read_bytes()[: f16.stat().st_size // 2])
     assert_one_error(edgesrm_cli("quantize", str(truncated), str(out), "--quant", "Q8_0"), "truncated")

@@ -49,8 +49,8 @@ def quantize_file(src: Path, dst: Path, quant: str, *, threads: int | None = Non
     ftype = quant_type(quant)
     file_type = input_file_type(src)
     if not allow_requantize and file_type is not None and file_type not in UNQUANTIZED_FILE_TYPES:
-        raise EdgesrmError(f"{src} is already quantized; quantize an f32, f16 or bf16 GGUF "
-                           "(or allow requantizing, which loses more quality)")
+        why = f"{src} is already quantized; quantize an f32, f16 or bf16 GGUF (or requantize it, which loses more quality"
+        raise EdgesrmError(f"{why}: allow_requantize=True)", cli=f"{why}: --allow-requantize)")
     llama = lib()
     params = llama.llama_model_quantize_default_params()
     params.ftype = ftype

@@ -103,7 +103,8 @@ def check_destination(out: Path, force: bool) -> None:
     if not out.parent.is_dir():
         raise EdgesrmError(f"cannot write {out}: directory {out.parent} does not exist")
     if out.exists() and not force:
-        raise EdgesrmError(f"{out} already exists; pass --force (force=True) to overwrite it")
+        raise EdgesrmError(f"{out} already exists; pass force=True to overwrite it",
+                           cli=f"{out} already exists; pass --force to overwrite it")
     if not os.access(out.parent, os.W_OK):
         raise EdgesrmError(f"cannot write {out}: directory {out.parent} is not writable")
 
@@ -124,7 +125,8 @@ def atomic_output(out: Path, *, force: bool, need_bytes: int) -> Iterator[Path]:
     try:
         yield tmp
         if out.exists() and not force:  # appeared while we worked
-            raise EdgesrmError(f"{out} appeared during the conversion; it was left alone (use --force)")
+            raise EdgesrmError(f"{out} appeared during the conversion; it was left alone (force=True overwrites it)",
+                               cli=f"{out} appeared during the conversion; it was left alone (--force overwrites it)")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
