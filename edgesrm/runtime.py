@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,10 @@ class Runtime:
 
     def ask(
         self,
-        question: str,
+        question: str | None = None,
         *,
-        strategy: str = "cot",
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        strategy: str | None = None,
         n: int = 8,
         budget: Budget | None = None,
         max_tokens: int = 512,
@@ -59,7 +60,11 @@ class Runtime:
         chat_template_kwargs: Mapping[str, Any] | None = None,
         parse_special: bool = False,
     ) -> Result:
-        """Answer ``question`` with a reasoning ``strategy`` (see ``edgesrm.strategies``).
+        """Answer ``question`` with a reasoning ``strategy`` (see ``edgesrm.strategies``;
+        default ``cot``), or reply to a conversation: ``messages`` (``[{"role": "user",
+        "content": ...}, ...]``, instead of ``question``) go to the chat template untouched and
+        the model's whole reply is the answer (strategy ``plain``, the default for ``messages``).
+        Raises ``EdgesrmError`` for any invalid argument, before anything runs.
 
         ``n`` is the number of paths for ``sc``; ``budget`` caps tokens (all paths
         together) and wall-clock time (an answer is returned before the deadline);
@@ -82,6 +87,16 @@ class Runtime:
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
         if not isinstance(budget, (Budget, type(None))):
             raise EdgesrmError(f"budget must be an edgesrm.Budget, got {type(budget).__name__}")
+        if (question is None) == (messages is None):
+            raise EdgesrmError("give either a question or messages (a conversation), not both" if messages is not None
+                               else "give a question (or messages, a conversation)")
+        if strategy is None:
+            strategy = "plain" if messages is not None else "cot"
+        if messages is not None:
+            messages = [{**m, "content": clean_text(m["content"])} if isinstance(m, Mapping)
+                        and isinstance(m.get("content"), str) else m for m in _message_list(messages)]
+            question = next((m["content"] for m in reversed(messages) if isinstance(m, Mapping)
+                             and m.get("role") == "user" and isinstance(m.get("content"), str)), "")
         if not isinstance(question, str):
             raise EdgesrmError(f"the question must be a str, got {type(question).__name__}")
         if system is not None and not isinstance(system, str):
@@ -98,8 +113,10 @@ class Runtime:
         if strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
             auto.prepare(self.engine, n)  # speed measured once, before the clock starts
         deadline = Deadline(budget.deadline_s)  # the clock starts now, before the prompt
-        if not question.strip():
+        if messages is None and not question.strip():
             raise EdgesrmError("the question is empty")
+        if messages is not None and not messages:
+            raise EdgesrmError("messages is empty: give at least one message")
         chat = replace(self.chat, parse_special=True) if parse_special else self.chat
         if chat_template_kwargs is not None and (
             not isinstance(chat_template_kwargs, Mapping)
@@ -110,7 +127,7 @@ class Runtime:
         task = Task(
             engine=self.engine, chat=chat, question=question, sampling=sampling, budget=budget, n=n,
             max_tokens=max_tokens, system=system, on_text=on_text, deadline=deadline, early_stop=early_stop,
-            weighted=weighted, waits=waits, template_kwargs=dict(chat_template_kwargs or {}),
+            weighted=weighted, waits=waits, template_kwargs=dict(chat_template_kwargs or {}), messages=messages,
         )
         result = run_strategy(strategy, task)
         result.notes[:0] = getattr(self, "memory_notes", [])  # what the memory plan gave up (load)
@@ -127,6 +144,12 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _message_list(messages: Any) -> list:
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise EdgesrmError("messages must be a list of {'role': ..., 'content': ...} objects")
+    return list(messages)
 
 
 def load(

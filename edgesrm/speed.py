@@ -8,6 +8,7 @@ directory, keyed by model file, size and thread count.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from .engine import Engine, SamplingParams
 
 PROBE_STEPS = 12
+log = logging.getLogger("edgesrm")  # the CLI shows its INFO messages on stderr
 
 
 def cache_dir() -> Path:
@@ -36,7 +38,10 @@ def decode_speed(engine: Engine, n: int) -> float:
     known = table.get(_key(engine), {})
     if str(n) in known:
         return float(known[str(n)])
+    log.info(f"measuring {engine.model_path.name}'s decode speed with {n} "
+             f"sequence{'s' if n > 1 else ''} on this machine, once (a few seconds; cached in {file})")
     speed = measure_speed(engine, n)
+    log.info(f"{speed:.1f} tokens/s with {n} sequence{'s' if n > 1 else ''}")
     known[str(n)] = round(speed, 2)
     table[_key(engine)] = known
     try:

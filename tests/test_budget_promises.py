@@ -113,7 +113,9 @@ def check_promises(result, streamed, *, max_tokens, budget_tokens=None):
 _rng = random.Random(15)
 CASES = [(s, _rng.choice([8, 24, 48]), _rng.choice([None, 40]), _rng.choice([1, 3]), _rng.randrange(100))
          for s in ("direct", "cot", "budget", "sc", "sc", "plan", "reflect", "reflect")]
-THINKING_CASES = [("cot", 48, None, 1, 3), ("budget", 24, None, 1, 4), ("sc", 32, 64, 3, 5), ("direct", 16, None, 1, 6)]
+CASES += [("plain", 24, None, 1, 7), ("plain", 48, 40, 1, 8)]  # (added after the draw: the rest stay the same)
+THINKING_CASES = [("cot", 48, None, 1, 3), ("budget", 24, None, 1, 4), ("sc", 32, 64, 3, 5), ("direct", 16, None, 1, 6),
+                  ("plain", 48, None, 1, 9)]
 
 
 def _same_run_with_a_far_deadline(rt, strategy, max_tokens, budget_tokens, n, seed):

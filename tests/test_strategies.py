@@ -210,6 +210,6 @@ def test_lowest_group_confidence():
 
 
 def test_unknown_strategy(rt):
-    assert set(STRATEGIES) == {"direct", "cot", "budget", "sc", "plan", "reflect", "auto"}
+    assert set(STRATEGIES) == {"plain", "direct", "cot", "budget", "sc", "plan", "reflect", "auto"}
     with pytest.raises(EdgesrmError, match="unknown strategy"):
         rt.ask(SHEEP, strategy="tree")

@@ -2,7 +2,8 @@
 
 | name    | what it does |
 |---------|--------------|
-| direct  | answers at once, no reasoning |
+| plain   | the user's messages untouched, the model's whole reply (no answer format) |
+| direct  | answers at once, no reasoning, on one `Final answer:` line |
 | cot     | one chain of thought |
 | budget  | thinking capped by tokens / deadline; "Wait" extends it when budget is left (s1) |
 | sc      | self-consistency: N paths in one batch, voted, with early stopping (and DeepConf weighting) |
@@ -16,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import EdgesrmError
-from . import auto, budget_forcing, cot, direct, plan, reflect, self_consistency
+from . import auto, budget_forcing, cot, direct, plain, plan, reflect, self_consistency
 from .base import PathResult, Result, Task
 
 STRATEGIES: dict[str, Callable[[Task], Result]] = {
+    "plain": plain.run,
     "direct": direct.run,
     "cot": cot.run,
     "budget": budget_forcing.run,
@@ -35,6 +37,8 @@ def run_strategy(name: str, task: Task) -> Result:
         strategy = STRATEGIES[name]
     except KeyError:
         raise EdgesrmError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
+    if task.messages is not None and name != "plain":
+        raise EdgesrmError(f"a conversation (messages) is answered by the plain strategy; {name} takes one question")
     result = strategy(task)
     result.notes += unused_options(name, result.strategy.split(":")[-1], task)
     return result

@@ -79,6 +79,7 @@ class Task:
     weighted: bool = False  # sc: confidence-weighted votes (and pruning, with early_stop) (DeepConf)
     waits: int = 1  # budget: how many times "Wait" may extend the thinking
     template_kwargs: dict = field(default_factory=dict)  # passed to the chat template (enable_thinking, ...)
+    messages: list[dict] | None = None  # a whole conversation instead of `question` (plain only)
 
     @property
     def thinking(self) -> bool:
@@ -88,6 +89,14 @@ class Task:
         """The question rendered in the model's chat template (``system`` overrides the task's)."""
         return self.chat.reasoning_prompt(self.question, system if system is not None else self.system,
                                           **{**self.template_kwargs, **template_kwargs})
+
+    def conversation(self) -> list[dict]:
+        """The messages as the user gave them: ``messages`` (with ``system`` first when they have
+        no system message), or ``system`` and ``question``."""
+        messages = list(self.messages) if self.messages is not None else [{"role": "user", "content": self.question}]
+        if self.system and not any(m.get("role") == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": self.system})
+        return messages
 
     def system_with(self, instruction: str) -> str:
         """A strategy's own system ``instruction``, after the task's system prompt if it has one."""
@@ -182,14 +191,20 @@ class PathRunner:
     """Steps a generation's paths from reasoning to answer, enforcing the budget (see the
     module's docstring for the rules)."""
 
-    def __init__(self, task: Task, gen: Generation) -> None:
+    def __init__(self, task: Task, gen: Generation, *, whole_reply: bool = False) -> None:
+        """``whole_reply``: the answer is the model's whole reply (after ``</think>`` for
+        thinking models), not a ``Final answer:`` line (``plain``)."""
         self.task, self.gen = task, gen
         self.thinking = task.thinking
         # The template closed the think block itself (thinking switched off, e.g. Qwen3's
         # enable_thinking=False): every path starts with its answer, which may use its whole cap.
         tail = task.engine.detokenize(gen.prompt_tokens[-8:]).rstrip()
         self.thinking_off = self.thinking and tail.endswith(THINK_CLOSE)
-        self.pauses = (THINK_CLOSE,) if self.thinking else FINAL_ANSWER_MARKERS
+        # Thinking models' answers are whatever follows </think>; others' one line, unless whole_reply.
+        self.whole_reply = whole_reply or self.thinking
+        # A path that starts with its answer: the template closed the think block, or a plain reply.
+        self.answers_at_once = self.thinking_off or (whole_reply and not self.thinking)
+        self.pauses = (THINK_CLOSE,) if self.thinking else () if whole_reply else FINAL_ANSWER_MARKERS
         self.answer_tokens = THINKING_ANSWER_TOKENS if self.thinking else ANSWER_TOKENS
         self._costs: dict[str, int] = {}
         self.cue_tokens = max(self.cost(c) for c in self._default_cues())
@@ -246,7 +261,7 @@ class PathRunner:
         self._limit[seq.index] = path_tokens
         self.reasoning.add(seq.index)
         self.set_cap(seq, path_tokens)
-        if self.thinking_off:
+        if self.answers_at_once:
             self.start_answer(seq, cue="", answer_tokens=path_tokens)
         return seq
 
@@ -379,7 +394,7 @@ class PathRunner:
 
     def _answer_line_done(self, seq: Sequence) -> bool:
         """Models without thinking answer on one line: end the path once that line is written."""
-        if self.thinking:
+        if self.whole_reply:
             return False
         answer = seq.text[self._answer_start[seq.index] :].lstrip()
         return "\n" in answer
@@ -390,7 +405,7 @@ class PathRunner:
             return False
         if seq.finish_reason in (ANSWERED, EOS, STOP):
             return True
-        return not self.thinking and self._answer_line_done(seq)
+        return not self.whole_reply and self._answer_line_done(seq)
 
     # -- results and streaming -----------------------------------------------------------
 
@@ -402,7 +417,7 @@ class PathRunner:
             for marker in FINAL_ANSWER_MARKERS:  # a model that repeats the forced marker
                 answer_text = answer_text.removeprefix(marker).strip(" *")
             reasoning = seq.text[: self._reasoning_end[seq.index]]
-            if self.thinking:
+            if self.whole_reply:
                 answer_text = seq.text[start:].strip()
         else:  # never reached its answer (ended early, or stopped by the deadline)
             answer_text, reasoning = "", seq.text
@@ -438,7 +453,7 @@ class PathRunner:
         reasoning = seq.text[: self._reasoning_end[i]]
         if not self.final_phase(seq):
             return _partial_reasoning(reasoning), ""
-        return _clean_reasoning(reasoning), (safe[self._answer_start[i] :].strip() if self.thinking else "")
+        return _clean_reasoning(reasoning), (safe[self._answer_start[i] :].strip() if self.whole_reply else "")
 
     def flush(self, seq: Sequence) -> PathResult:
         """The result of ``seq`` once it has ended; the rest of its stream is sent."""
