@@ -196,7 +196,7 @@ _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+
 _A = re.ASCII
 _DOLLAR_RE = re.compile(r"\\\$|\$|\\[()\[\]]|[€£¥₹₩]")
 _THIN_RE = re.compile(r",\\!\s*")
-_SPACING_RE = re.compile(r"\\(?:[,;:> ]|q?quad(?![a-zA-Z]))|~")
+_SPACING_RE = re.compile(r"(?<!\\)\\(?:[,;:> ]|q?quad(?![a-zA-Z]))|~")  # a row break (two backslashes) then a space is not spacing
 _SIZING_RE = re.compile(r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:display|text)style(?![a-zA-Z])|\\!")
 _UNWRAP = frozenset(
     "text textbf textit textrm textnormal textup mathrm mathbf mathit mathsf mathbb mbox hbox "
