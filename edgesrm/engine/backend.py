@@ -10,8 +10,12 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import platform as _platform
 import re
+import shutil
+import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -101,6 +105,105 @@ def default_gpu_layers() -> int:
     return 999 if lib().llama_supports_gpu_offload() else 0
 
 
+# ggml backend registries that compute on the host CPU (or a remote machine), not a local GPU.
+HOST_REGISTRIES = frozenset({"CPU", "BLAS", "RPC"})
+
+
+def _ggml_registries() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each backend compiled into llama.cpp with the devices it found, from ggml's registry.
+
+    A CUDA build registers CUDA even on a machine without a GPU (with no device), which
+    ``llama_print_system_info`` does not tell apart. Empty if the registry cannot be read.
+    """
+    lib()  # loads libggml and registers the backends
+    try:
+        from llama_cpp import _ggml
+
+        ggml = ctypes.CDLL(_ggml.libggml._name)  # own function objects: argtypes set here only
+        signatures = {
+            "ggml_backend_reg_count": ([], ctypes.c_size_t),
+            "ggml_backend_reg_get": ([ctypes.c_size_t], ctypes.c_void_p),
+            "ggml_backend_reg_name": ([ctypes.c_void_p], ctypes.c_char_p),
+            "ggml_backend_reg_dev_count": ([ctypes.c_void_p], ctypes.c_size_t),
+            "ggml_backend_reg_dev_get": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p),
+            "ggml_backend_dev_description": ([ctypes.c_void_p], ctypes.c_char_p),
+        }
+        for name, (argtypes, restype) in signatures.items():
+            getattr(ggml, name).argtypes, getattr(ggml, name).restype = argtypes, restype
+    except (ImportError, AttributeError, OSError):
+        return ()
+    registries = []
+    for i in range(ggml.ggml_backend_reg_count()):
+        reg = ggml.ggml_backend_reg_get(i)
+        devices = tuple(
+            (ggml.ggml_backend_dev_description(ggml.ggml_backend_reg_dev_get(reg, j)) or b"?")
+            .decode("utf-8", "replace") for j in range(ggml.ggml_backend_reg_dev_count(reg))
+        )
+        registries.append(((ggml.ggml_backend_reg_name(reg) or b"?").decode("utf-8", "replace"), devices))
+    return tuple(registries)
+
+
+def _ask(argv: Sequence[str], timeout: float = 5.0) -> tuple[int | None, str]:
+    """Run a driver tool: its exit code (None if it could not run or timed out) and output."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"no answer in {timeout:g} s"
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+@dataclass(frozen=True)
+class HostGpu:
+    """A GPU the operating system shows, whatever llama.cpp was built with.
+
+    ``kind`` is "CUDA", "Metal" or "ROCm" and ``name`` the device; with no GPU, ``kind`` is
+    None and ``how`` says what was looked at.
+    """
+
+    kind: str | None
+    name: str
+    how: str
+
+
+def host_gpu(
+    platform: str | None = None,
+    machine: str | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+    listdir: Callable[[str], list[str]] = _listdir,
+    ask: Callable[[Sequence[str]], tuple[int | None, str]] = _ask,
+) -> HostGpu:
+    """Look for a usable GPU the way native/build_llama_cpp.py does: Apple silicon (Metal), an
+    NVIDIA driver that answers (``nvidia-smi -L``, else /proc/driver/nvidia/gpus), an AMD
+    ROCm driver (/dev/kfd). A CUDA toolkit (nvcc) alone is not a device."""
+    platform = sys.platform if platform is None else platform
+    machine = (_platform.machine() if machine is None else machine).lower()
+    if platform.startswith("darwin") and machine in ("arm64", "aarch64"):
+        return HostGpu("Metal", "Apple silicon GPU", f"macOS {machine}")
+    smi = which("nvidia-smi")
+    if smi:
+        code, output = ask([smi, "-L"])
+        gpus = [line.split(" (UUID")[0].strip() for line in output.splitlines() if line.startswith("GPU ")]
+        if code == 0 and gpus:
+            return HostGpu("CUDA", "; ".join(gpus), "nvidia-smi -L")
+        nvidia = f"nvidia-smi: {output.splitlines()[0] if output else f'exit code {code}, no GPU listed'}"
+    elif gpus := listdir("/proc/driver/nvidia/gpus"):
+        return HostGpu("CUDA", f"NVIDIA GPU at {', '.join(gpus)}", "/proc/driver/nvidia/gpus")
+    else:
+        nvidia = "nvidia-smi not on PATH, no /proc/driver/nvidia/gpus"
+    if "kfd" in listdir("/dev"):
+        return HostGpu("ROCm", "AMD GPU", "/dev/kfd")
+    return HostGpu(None, "", f"{nvidia}; no /dev/kfd" if platform.startswith("linux") else nvidia)
+
+
 @dataclass(frozen=True)
 class BackendReport:
     """What the compiled llama.cpp can do, for ``edgesrm doctor`` and result metadata."""
@@ -111,6 +214,26 @@ class BackendReport:
     mmap: bool
     mlock: bool
     max_parallel_sequences: int
+    registries: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (backend, its devices), from ggml
+
+    @property
+    def gpu_backends(self) -> list[str]:
+        """GPU backends compiled in (CUDA, Metal, Vulkan...), whether or not they found a device."""
+        names = [name for name, _ in self.registries] or self.backends
+        return [name for name in names if name not in HOST_REGISTRIES]
+
+    @property
+    def gpu_devices(self) -> list[str]:
+        """The GPUs those backends found: what llama.cpp can offload to."""
+        return [f"{device} ({name})" for name, devices in self.registries
+                if name not in HOST_REGISTRIES for device in devices]
+
+    @property
+    def no_offload_reason(self) -> str:
+        """Why layers cannot go to a GPU (when ``gpu_offload`` is False), for a warning."""
+        if not self.gpu_backends:
+            return "this llama.cpp build cannot offload to a GPU (a CPU-only build)"
+        return f"this llama.cpp build ({', '.join(self.gpu_backends)}) finds no GPU to offload to"
 
     @property
     def backends(self) -> list[str]:
@@ -138,4 +261,5 @@ def backend_report() -> BackendReport:
         mmap=bool(llama.llama_supports_mmap()),
         mlock=bool(llama.llama_supports_mlock()),
         max_parallel_sequences=int(llama.llama_max_parallel_sequences()),
+        registries=_ggml_registries(),
     )

@@ -28,7 +28,8 @@ from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX, ch
 from ..errors import EdgesrmError, EdgesrmWarning
 from ..models import resolve_model
 from .backend import (
-    KV_TYPES, clear_errors, default_gpu_layers, default_threads, lib, recent_errors, use_extra_buffer_types,
+    KV_TYPES, backend_report, clear_errors, default_gpu_layers, default_threads, lib, recent_errors,
+    use_extra_buffer_types,
 )
 from .sampling import SamplingParams, free_chain, make_chain
 from .text import StopScanner, Utf8Stream, clean_text
@@ -152,6 +153,10 @@ class Engine:
         self._model = llama.llama_model_load_from_file(str(self.model_path).encode(), model_params)
         if not self._model:
             raise EdgesrmError(f"cannot load {self.model_path}: {recent_errors() or 'llama.cpp gave no reason'}")
+        if gpu and not llama.llama_supports_gpu_offload():  # asked for, not the default
+            warnings.warn(EdgesrmWarning(
+                f"--gpu-layers {gpu} asked but {backend_report().no_offload_reason}: every layer runs on the CPU"
+            ), stacklevel=2)
         self.vocab = llama.llama_model_get_vocab(self._model)
         self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama.llama_model_n_ctx_train(self._model)
