@@ -9,14 +9,15 @@ On the evaluation model and a slice of GSM8K test, in one process:
 Every question keeps its seed across runs, so a deadline that does not bind gives the same
 text as the unconstrained run (issue 15's rule). Reported per strategy and deadline: accuracy,
 deadline misses, how many answers the deadline cut (a path ended by ``deadline`` or answered
-under a forced answer), and the agreement with the unconstrained answer on questions where the
-unconstrained run finished before the deadline (should be 100%).
+under a forced answer), and, among the runs the deadline did not cut, how many gave the
+unconstrained run's text (should be all of them).
 
 Rows are appended to ``benchmarks/results/deadlines/<model>.jsonl`` as they are measured, so an
 interrupted run resumes. Check that the machine is idle first (``uptime``): other processes make
 llama.cpp's decode many times slower and every deadline bind.
 
-    python benchmarks/deadlines.py --limit 50 --sc-limit 20     # about an hour on 2 cores
+    python benchmarks/deadlines.py --limit 20 --sc-limit 4      # 42 minutes on the 2-core AMX Xeon
+    python benchmarks/deadlines.py --limit 20 --sc-limit 4 --summary   # the table again, no model
     python benchmarks/deadlines.py --limit 3 --sc-limit 2 --max-tokens 64   # a smoke run
 """
 
