@@ -226,21 +226,10 @@ def choose_accelerator(seen: Machine) -> tuple[str, str]:
     return "cpu", "; ".join(passed) or "no GPU toolchain and device, no OpenBLAS"
 
 
-def detect_accelerator(
-    platform: str | None = None,
-    machine: str | None = None,
-    which: Callable[[str], str | None] = shutil.which,
-    exists: Callable[[str], bool] = os.path.exists,
-    *,
-    environ: Mapping[str, str] | None = None,
-    pkg_config: Callable[[str], bool] | None = None,
-    listdir: Callable[[str], list[str]] = _listdir,
-    ask: Callable[[Sequence[str]], tuple[int | None, str]] = _ask,
-) -> str:
-    """The accelerator auto mode builds for on this (or a described) machine."""
-    seen = probe_machine(platform, machine, which, exists, environ=environ, pkg_config=pkg_config,
-                         listdir=listdir, ask=ask)
-    return choose_accelerator(seen)[0]
+def detect_accelerator(**probes) -> str:
+    """The accelerator auto mode builds for on this machine, or on one described by ``probes``
+    (``probe_machine``'s parameters)."""
+    return choose_accelerator(probe_machine(**probes))[0]
 
 
 def cmake_args(accelerator: str, cuda_arch: str | None = None) -> list[str]:

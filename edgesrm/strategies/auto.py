@@ -47,7 +47,7 @@ def choose(task: Task) -> tuple[str, int]:
         if token_budget is not None and token_budget < EARLY_STOP_TOKENS * n * length:
             continue
         # All n paths, in rounds as wide as the first launch. Dissent can split a round; sc then
-        # launches no path that cannot finish by the deadline.
+        # launches a path only while the time left covers its answer (a path the deadline cuts does not vote).
         width = first_paths(n)
         seconds = math.ceil(n / width) * length / (decode_speed(task.engine, width) / width)
         if deadline is None or seconds <= SAFETY * deadline:
