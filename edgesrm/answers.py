@@ -71,7 +71,8 @@ _MARKER_RE = re.compile(
     r"|^[ \t>#*_]*answer\b(?=[ \t*_]*[:：])",
     re.IGNORECASE | re.MULTILINE,
 )
-_AFTER_MARKER_RE = re.compile(r"[\s*_:：]*")
+_AFTER_MARKER_RE = re.compile(r"[\s*_:：=]*")  # "Final answer: 22", "final answer = 22"
+_NOT_AN_ANSWER_START = frozenset(").,;!?]}")
 _JUNK_WORDS = frozenset(
     "correct incorrect right wrong not based that this because as consistent reasonable clear "
     "clearly obvious obviously indeed still also likely probably definitely in on given shown "
@@ -154,7 +155,10 @@ def _last_marker(text: str) -> tuple[int, str | None]:
 
 
 def _plausible(answer: str) -> bool:
-    """An answer, not a remark ("the answer is correct", "the answer is based on...")."""
+    """An answer, not a remark ("the answer is correct", "the answer is based on...") nor the
+    rest of a sentence that names the marker ("... (final answer) = 22", "... is the final answer.")."""
+    if answer[0] in _NOT_AN_ANSWER_START and not answer[1:2].isdigit():  # ".5" is an answer
+        return False
     words = answer.split(maxsplit=9)
     if words[0].lower().strip(".,:;!*") in _JUNK_WORDS:
         return False

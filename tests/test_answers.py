@@ -261,3 +261,16 @@ def test_square_roots_are_one_vote_and_one_grade(a, b):
 @pytest.mark.parametrize("a, b", [(r"3\sqrt{13}", r"\sqrt{13}"), (r"2\sqrt{2}", r"2\sqrt{3}"), (r"\sqrt{8}", "2")])
 def test_different_roots_stay_different(a, b):
     assert not answers_match(a, b)
+
+
+@pytest.mark.parametrize("reply, answer", [
+    # A path of `ask -s sc -n 16 --seed 2` on the sheep question voted for ")=22 sheep": its answer
+    # line (what follows the "Final answer:" edgesrm forced) named the marker again.
+    ("17 sheep (initial) + 5 sheep (final answer) = 22 sheep.", "22"),
+    ("Final answer: 5 + 17 = 22 is the final answer.", "22"),
+    ("Final answer: 22 (this is my final answer)", "22"),
+    ("So the final answer = 22", "22"),
+    ("Final answer: .5", "0.5"),
+])
+def test_a_marker_named_inside_the_answer_line_does_not_replace_it(reply, answer):
+    assert normalize(extract_answer(reply)) == answer
