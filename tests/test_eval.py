@@ -78,6 +78,9 @@ def test_edgesrm_data_overrides_the_shipped_copy(tmp_path, monkeypatch, outside_
     monkeypatch.setenv("EDGESRM_DATA", str(tmp_path / "mine"))
     assert find_dataset("gsm8k") == own
     assert find_dataset("math500") == DATA / "math500" / "test.jsonl"  # not there: the shipped one
+    monkeypatch.setenv("EDGESRM_DATA", str(tmp_path / "typo"))  # was ignored in silence
+    with pytest.raises(EdgesrmError, match="is not a folder"):
+        find_dataset("gsm8k")
 
 
 def test_find_dataset_takes_a_path_and_names_the_options_when_lost(tmp_path, small_dataset, outside_a_checkout):

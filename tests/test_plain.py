@@ -66,6 +66,7 @@ def test_plain_keeps_the_token_cap_and_system(rt):
                     system="You are a pirate.")
     assert result.completion_tokens + result.forced_tokens <= 20
     assert result.finish_reason == "length" and not result.paths[0].answer_complete
+    assert result.notes == ["the reply was cut off by the token limit before it ended"]  # said once, as a reply
     assert result.prompt_tokens == prompt_of(rt, [{"role": "system", "content": "You are a pirate."},
                                                   {"role": "user", "content": "Tell me a long story about a "
                                                    "lighthouse keeper."}])
@@ -119,3 +120,30 @@ def test_cli_plain(model_path):
     assert "[plain:" in out.stderr
     help_text = CliRunner().invoke(cli, ["ask", "--help"]).output
     assert "plain" in help_text and "Examples:" in help_text
+
+
+def test_a_runtime_answers_calls_from_several_threads_in_turn(rt):
+    """Three threads calling ask on one Runtime: one failed with llama.cpp's 'failed to decode'."""
+    import threading
+
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(rt.ask("What is 2+2?", strategy="plain", max_tokens=24, seed=1, temperature=0))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 3
+    assert len({r.text for r in results}) == 1  # the same request alone each time: the same text
+
+
+def test_cli_memory_budget_gets_no_contradicting_note(model_path):
+    out = CliRunner().invoke(cli, ["ask", "--memory", "400", "--max-tokens", "8", "--seed", "1", "What is 3+4?"])
+    assert out.exit_code == 0, out.output
+    assert "changes nothing" not in out.stderr

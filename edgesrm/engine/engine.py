@@ -328,10 +328,11 @@ class Engine:
         if not tokens:
             raise EdgesrmError("the prompt is empty")
         if len(tokens) >= self.n_ctx:
-            raise EdgesrmError(
-                f"the prompt is {len(tokens):,} tokens, longer than the context of {self.n_ctx:,} tokens "
-                f"(raise the context size, e.g. --ctx {_next_pow2(len(tokens) + 512)})"
-            )
+            need = _next_pow2(len(tokens) + 512)
+            trained = f"; the model was trained for {self.n_ctx_train:,}" if need > self.n_ctx_train > 0 else ""
+            why = f"the prompt is {len(tokens):,} tokens, longer than the context of {self.n_ctx:,} tokens"
+            raise EdgesrmError(f"{why} (raise the context size, e.g. n_ctx={need}{trained})",
+                               cli=f"{why} (raise the context size, e.g. --ctx {need}{trained})")
         self._llama.llama_memory_clear(self._memory, True)
         self._generation = Generation(self, tokens, logprobs)
         return self._generation

@@ -540,7 +540,8 @@ def finish(task: Task, gen: Generation, strategy: str, paths: list[PathResult], 
                      f"prompt's prefill alone took {gen.timings.prefill_s:.2f} s" if not any(p.tokens for p in paths)
                      else f"the deadline of {task.deadline.seconds:g} s was missed ({task.deadline.elapsed:.2f} s): "
                      "a decode step took longer than the ones before it")
-    if paths and not any(p.answer_complete for p in paths):
+    said = len(paths) == 1 and paths[0].answer is not None  # count_votes said it for a single path
+    if paths and not any(p.answer_complete for p in paths) and not said:
         reasons = sorted({_CUT_REASONS.get(p.finish_reason, p.finish_reason) for p in paths})
         notes.append(f"no path finished an answer (ended by {', '.join(reasons)}): the answer, if any, is read "
                      "from cut-off text")

@@ -13,4 +13,10 @@ from .base import PathRunner, Result, Task, single_path
 
 def run(task: Task) -> Result:
     gen = task.start(task.chat.prompt(task.conversation(), **task.template_kwargs))
-    return single_path(task, gen, PathRunner(task, gen, whole_reply=True), "plain")
+    result = single_path(task, gen, PathRunner(task, gen, whole_reply=True), "plain")
+    path = result.paths[0]
+    if not path.answer_complete and not task.thinking:  # a reply, not an answer to read a number from
+        why = {"length": "the token limit", "deadline": "the deadline", "context": "the full context"}
+        result.notes = [n for n in result.notes if "cut off" not in n and "no path finished" not in n]
+        result.notes.append(f"the reply was cut off by {why.get(path.finish_reason, path.finish_reason)} before it ended")
+    return result
