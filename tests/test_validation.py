@@ -205,7 +205,7 @@ def edgesrm_cli(*args: str) -> subprocess.CompletedProcess:
     (["ask", "--deadline", "inf", "x"], "'inf' is not a finite number"),
     (["ask", "--deadline", "nan", "x"], "'nan' is not a finite number"),
     (["ask", "--ctx", str(10**12), "x"], "not in the range 16<=x<=262144"),
-    (["ask", "-n", str(10**9), "x"], "not in the range 1<=x<=64"),
+    (["ask", "-n", str(10**9), "x"], "not in the range 1<=x<=255"),
     (["ask", "--max-tokens", str(10**18), "x"], "not in the range 1<=x<=262144"),
     (["ask", "--threads", "100000", "x"], "not in the range 1<=x<=512"),
     (["ask", "--temperature", "1e-9", "x"], "temperature must be 0 (greedy) or a number from 1e-06 to 100"),
