@@ -227,7 +227,8 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
     late = " (deadline missed)" if result.deadline_missed else ""
     click.echo(
         f"[{result.strategy}: {result.completion_tokens} tokens + {result.forced_tokens} forced, "
-        f"{result.tokens_per_s:.1f} tok/s, prompt {result.prompt_tokens} tokens in {result.prefill_s:.2f} s, "
+        f"{result.tokens_per_s:.1f} tok/s, prompt {result.prompt_tokens} tokens"
+        f"{f' ({result.cached_tokens} cached)' if result.cached_tokens else ''} in {result.prefill_s:.2f} s, "
         f"{result.total_s:.2f} s in all{late}, {result.ending()}, seed {result.seed}]",
         err=True,
     )

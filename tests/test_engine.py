@@ -264,3 +264,38 @@ def test_without_logprobs_rewinding_still_counts_sampled_tokens(engine):
     assert seq.n_forced == sum(lp is None for lp in seq.logprobs) and seq.n_sampled > 0
     assert seq.mean_logprob is None  # nothing was measured
     gen.close()
+
+
+# -- cache_prompt: the last prompt's KV cells are kept for a prompt that begins like it ------
+
+def _greedy_first(engine, tokens):
+    gen = engine.start(tokens)
+    seq = gen.add(GREEDY, max_tokens=4)
+    gen.run()
+    return gen.timings.cached_tokens, seq.tokens[0], seq.logprobs[0]
+
+
+def test_a_prompt_that_begins_like_the_last_one_prefills_only_the_rest(model_path, chat_prompt):
+    with Engine(model_path, EngineConfig(n_ctx=1024, max_sequences=2)) as cached, \
+            Engine(model_path, EngineConfig(n_ctx=1024, max_sequences=2, cache_prompt=False)) as fresh:
+        first = cached.tokenize_prompt(chat_prompt)
+        turn2 = first + cached.tokenize("Once upon a time, a cat named Tom lived by the sea.\n", add_special=False)
+        assert _greedy_first(cached, first)[0] == 0
+        hit = _greedy_first(cached, turn2)
+        assert hit[0] == len(first)  # only the new tokens were prefilled
+        miss = _greedy_first(fresh, turn2)
+        assert miss[0] == 0
+        # The same next-token distribution (llama.cpp is not bitwise batch-invariant: a tolerance).
+        assert hit[1] == miss[1] and abs(hit[2] - miss[2]) < 0.1
+        # The same prompt again keeps all but its last token, and replays exactly (its last token is
+        # always decoded alone); a shorter one keeps what it shares.
+        again = _greedy_first(cached, turn2)
+        assert again[0] == len(turn2) - 1 and again[1:] == hit[1:]
+        assert _greedy_first(cached, first)[0] == len(first) - 1
+        other = turn2[:1] + cached.tokenize("Something else entirely.", add_special=False)
+        assert _greedy_first(cached, other)[0] == 1
+
+
+def test_cache_prompt_is_checked():
+    with pytest.raises(EdgesrmError, match="cache_prompt must be True or False"):
+        EngineConfig(cache_prompt="yes")

@@ -147,3 +147,12 @@ def test_cli_memory_budget_gets_no_contradicting_note(model_path):
     out = CliRunner().invoke(cli, ["ask", "--memory", "400", "--max-tokens", "8", "--seed", "1", "What is 3+4?"])
     assert out.exit_code == 0, out.output
     assert "changes nothing" not in out.stderr
+
+
+def test_the_next_turn_of_a_conversation_prefills_only_what_is_new(rt):
+    turn1 = [{"role": "user", "content": "Name a colour."}]
+    first = rt.ask(messages=turn1, seed=1, max_tokens=16)
+    turn2 = turn1 + [{"role": "assistant", "content": first.answer}, {"role": "user", "content": "And another?"}]
+    second = rt.ask(messages=turn2, seed=1, max_tokens=16)
+    assert second.cached_tokens >= first.prompt_tokens - 2  # the history was not prefilled again
+    assert second.cached_tokens < second.prompt_tokens

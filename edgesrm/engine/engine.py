@@ -58,8 +58,13 @@ class EngineConfig:
     kv_type: str = "f16"
     max_sequences: int = 16
     n_batch: int = 512
+    # Keep the last prompt's KV cells and prefill only what a new prompt adds after their common
+    # prefix (llama-server's cache_prompt): a conversation's next turn, a shared system prompt.
+    cache_prompt: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.cache_prompt, bool):
+            raise EdgesrmError(f"cache_prompt must be True or False, got {self.cache_prompt!r}")
         if not isinstance(self.kv_type, str) or self.kv_type not in KV_TYPES:
             raise EdgesrmError(f"unknown KV cache type {self.kv_type!r}; choose one of {', '.join(KV_TYPES)}")
         set_field = object.__setattr__  # checked, and made plain ints, before they reach llama.cpp
@@ -191,6 +196,7 @@ class Engine:
         self._pieces: dict[int, bytes] = {}
         self._control_tokens: tuple[str, ...] | None = None
         self._generation: Generation | None = None
+        self._cached_prompt: list[int] = []  # the tokens whose KV cells sequence 0 holds (cache_prompt)
 
     # -- model metadata -------------------------------------------------------------
 
@@ -333,9 +339,29 @@ class Engine:
             why = f"the prompt is {len(tokens):,} tokens, longer than the context of {self.n_ctx:,} tokens"
             raise EdgesrmError(f"{why} (raise the context size, e.g. n_ctx={need}{trained})",
                                cli=f"{why} (raise the context size, e.g. --ctx {need}{trained})")
-        self._llama.llama_memory_clear(self._memory, True)
-        self._generation = Generation(self, tokens, logprobs)
+        cached = self._keep_prefix(tokens)
+        self._cached_prompt = []  # until this prompt's prefill has succeeded
+        self._generation = Generation(self, tokens, logprobs, cached=cached)
+        self._cached_prompt = list(tokens)
         return self._generation
+
+    def _keep_prefix(self, tokens: list[int]) -> int:
+        """Empty the KV cache but for the cells of the last prompt that ``tokens`` begins with
+        (at most all but its last token, whose logits the first step needs); how many."""
+        llama, memory = self._llama, self._memory
+        keep = 0
+        if self.config.cache_prompt:
+            for old, new in zip(self._cached_prompt, tokens[:-1]):
+                if old != new:
+                    break
+                keep += 1
+        if keep:
+            for seq_id in range(1, self.config.max_sequences + 1):  # every sequence but the prompt's (0)
+                llama.llama_memory_seq_rm(memory, seq_id, -1, -1)
+            if llama.llama_memory_seq_rm(memory, 0, keep, -1):  # False: this cache cannot cut a sequence
+                return keep
+        llama.llama_memory_clear(memory, True)
+        return 0
 
     # Class defaults, so that they exist however far __init__ got.
     _closed = False
@@ -409,6 +435,7 @@ _CLOSED_LIBRARY = _ClosedLibrary()
 @dataclass
 class Timings:
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt's tokens, those whose KV cells were kept from the last prompt
     prefill_s: float = 0.0
     decode_s: float = 0.0
     steps: int = 0
@@ -418,7 +445,7 @@ class Timings:
 class Generation:
     """Sequences that share one prefilled prompt, advanced together one token per step."""
 
-    def __init__(self, engine: Engine, prompt_tokens: list[int], logprobs: bool) -> None:
+    def __init__(self, engine: Engine, prompt_tokens: list[int], logprobs: bool, cached: int = 0) -> None:
         n_vocab = engine.n_vocab
         for token in prompt_tokens:  # llama.cpp would read out of bounds for a bad token id
             if not (type(token) is int or (isinstance(token, numbers.Integral) and not isinstance(token, bool))) \
@@ -428,7 +455,7 @@ class Generation:
         self.engine = engine
         self.prompt_tokens = prompt_tokens
         self.sequences: list[Sequence] = []
-        self.timings = Timings(prompt_tokens=len(prompt_tokens))
+        self.timings = Timings(prompt_tokens=len(prompt_tokens), cached_tokens=cached)
         self._want_logprobs = logprobs
         self._root = 0  # llama seq id that holds the prompt for the whole generation
         self._free_ids = list(range(engine.config.max_sequences, 0, -1))
@@ -438,14 +465,17 @@ class Generation:
         start = time.perf_counter()
         n_batch = engine.n_batch
         last = len(prompt_tokens) - 1
-        for begin in range(0, len(prompt_tokens), n_batch):
-            chunk = prompt_tokens[begin : begin + n_batch]
-            items = [(t, begin + j, self._root, begin + j == last) for j, t in enumerate(chunk)]
-            self._check(engine._decode(items), "prefill")
+        for begin in range(cached, last, n_batch):  # the cached prefix's cells are there already
+            chunk = prompt_tokens[begin : min(begin + n_batch, last)]
+            self._check(engine._decode([(t, begin + j, self._root, False) for j, t in enumerate(chunk)]), "prefill")
+        # The last token alone, whether the rest was cached or not: its logits are then computed the
+        # same way every time (llama.cpp's are not batch-invariant), so a seed replays the same text
+        # with or without a cached prefix.
+        self._check(engine._decode([(prompt_tokens[last], last, self._root, True)]), "prefill")
         self.timings.prefill_s = time.perf_counter() - start
         # The prompt's last logits stay valid until the next decode: the first step samples
         # every new sequence from them instead of decoding the last prompt token again.
-        self._prompt_logits_index = len(prompt_tokens) - 1 - (last // n_batch) * n_batch
+        self._prompt_logits_index = 0
         self._prompt_logits_fresh = True
 
     # -- building the set of sequences ----------------------------------------------
