@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import warnings
 
@@ -15,36 +14,9 @@ from .checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS, 
 from .engine.backend import KV_TYPES
 from .strategies import STRATEGIES
 from .errors import EdgesrmError, EdgesrmWarning
+from .options import FiniteRange, JsonObject
 
 MODEL_HELP = "GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
-
-
-class FiniteRange(click.FloatRange):
-    """The type of every decimal option: a ``click.FloatRange`` that also refuses ``nan`` and
-    ``inf`` (which ``FloatRange`` lets through), as a usage error like any bad value."""
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
-
-
-class JsonObject(click.ParamType):
-    """A JSON object given on the command line (``--chat-template-kwargs``)."""
-
-    name = "json"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, dict):
-            return value
-        try:
-            parsed = json.loads(value)
-        except ValueError as exc:
-            self.fail(f"{value!r} is not JSON ({exc}).", param, ctx)
-        if not isinstance(parsed, dict):
-            self.fail(f"{value!r} is not a JSON object ({{...}}).", param, ctx)
-        return parsed
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -404,8 +376,10 @@ def doctor(as_json: bool) -> None:
         click.echo(f"{key.replace('_', ' '):<24} {value}")
 
 
+from .chat_command import chat as chat_command  # noqa: E402
 from .convert.cli import convert as convert_command, quantize as quantize_command  # noqa: E402
 
+cli.add_command(chat_command)
 cli.add_command(convert_command)
 cli.add_command(quantize_command)
 

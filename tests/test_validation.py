@@ -14,7 +14,8 @@ from click.testing import CliRunner
 import edgesrm
 from edgesrm.budget import Budget
 from edgesrm.checks import INT32_MAX, MAX_CTX, MAX_SEED, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS
-from edgesrm.cli import FiniteRange, cli
+from edgesrm.cli import cli
+from edgesrm.options import FiniteRange
 from edgesrm.engine import EngineConfig, SamplingParams
 from edgesrm.errors import EdgesrmError
 from edgesrm.runtime import Runtime
