@@ -15,7 +15,7 @@ import click
 
 from .checks import MAX_CTX, MAX_THREADS, MAX_TOKENS, MIN_CTX
 from .errors import EdgesrmError
-from .options import FiniteRange
+from .options import FiniteRange, ReplyPrinter
 
 COMMANDS = """\
 /think on|off     ask the template to turn thinking on or off (templates with enable_thinking)
@@ -125,13 +125,7 @@ def chat(model: str | None, system: str | None, max_tokens: int, temperature: fl
     rt = load(model, n_ctx=n_ctx, threads=threads, max_sequences=8)
     session = Session(system, max_tokens, random.randrange(2**31) if seed is None else seed, temperature)
     click.echo(f"{rt.model_path.name}: type a message, /help for commands, Ctrl-D to leave", err=True)
-    shown = {"kind": None}
-
-    def stream(kind: str, text: str) -> None:
-        if kind == "answer" and shown["kind"] == "reasoning":
-            click.echo("\n")
-        shown["kind"] = kind
-        click.echo(click.style(text, dim=True) if kind == "reasoning" else text, nl=False)
+    stream = ReplyPrinter()
 
     with rt:
         while True:
@@ -151,7 +145,7 @@ def chat(model: str | None, system: str | None, max_tokens: int, temperature: fl
                     click.echo(said, err=True)
                     continue
                 session.messages.append({"role": "user", "content": line})
-                shown["kind"] = None
+                stream.shown = None
                 budget = Budget(deadline_s=session.deadline)
                 common = dict(strategy=session.strategy, budget=budget, max_tokens=session.max_tokens,
                               temperature=session.temperature, seed=session.seed, on_text=stream,

@@ -14,7 +14,7 @@ from .checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS, 
 from .engine.backend import KV_TYPES
 from .strategies import STRATEGIES
 from .errors import EdgesrmError, EdgesrmWarning
-from .options import FiniteRange, JsonObject
+from .options import FiniteRange, JsonObject, ReplyPrinter
 
 MODEL_HELP = "GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
 
@@ -165,13 +165,7 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
         n_ctx = min(1024 + paths * max_tokens, training_context(resolve_model(model)) or MAX_CTX, MAX_CTX)
     rt = load(model, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers, kv_type=kv_type,
               max_sequences=paths, memory_mb=memory, verbose=verbose)
-    shown = {"kind": None}
-
-    def stream(kind: str, text: str) -> None:
-        if kind == "answer" and shown["kind"] == "reasoning":
-            click.echo("\n")
-        shown["kind"] = kind
-        click.echo(click.style(text, dim=True) if kind == "reasoning" else text, nl=False)
+    stream = ReplyPrinter()
 
     with rt:
         result = rt.ask(question, strategy=strategy, n=n_paths, budget=budget, max_tokens=max_tokens,
@@ -186,7 +180,7 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
     if result.answer:
         click.echo("")  # the answer itself has streamed
     else:
-        click.echo(("\n\n" if shown["kind"] == "reasoning" else "") + "(no answer)")
+        click.echo(("\n\n" if stream.shown == "reasoning" else "") + "(no answer)")
     if len(result.paths) > 1:
         for p in result.paths:
             cut = {"tokens": ", reasoning cut by its token cap", "deadline": ", reasoning cut by the deadline"}.get(

@@ -1,4 +1,5 @@
-"""click parameter types shared by the commands (every decimal option is a ``FiniteRange``)."""
+"""What the commands share: click parameter types (every decimal option is a ``FiniteRange``)
+and the printer that streams a reply to the terminal."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ class JsonObject(click.ParamType):
         if not isinstance(parsed, dict):
             self.fail(f"{value!r} is not a JSON object ({{...}}).", param, ctx)
         return parsed
+
+
+class ReplyPrinter:
+    """An ``on_text`` callback that prints the reasoning dimmed and then, after a blank line, the
+    answer. ``shown`` is the kind printed last (None before anything), so that the caller can end
+    the output cleanly."""
+
+    def __init__(self) -> None:
+        self.shown: str | None = None
+
+    def __call__(self, kind: str, text: str) -> None:
+        if kind == "answer" and self.shown == "reasoning":
+            click.echo("\n")
+        self.shown = kind
+        click.echo(click.style(text, dim=True) if kind == "reasoning" else text, nl=False)
