@@ -8,7 +8,7 @@ with the answer's steps kept from the token cap and the deadline as in every str
 
 from __future__ import annotations
 
-from .base import PathRunner, Result, Task, single_path
+from .base import _CUT_REASONS, PathRunner, Result, Task, single_path
 
 
 def run(task: Task) -> Result:
@@ -16,7 +16,6 @@ def run(task: Task) -> Result:
     result = single_path(task, gen, PathRunner(task, gen, whole_reply=True), "plain")
     path = result.paths[0]
     if not path.answer_complete and not task.thinking:  # a reply, not an answer to read a number from
-        why = {"length": "the token limit", "deadline": "the deadline", "context": "the full context"}
         result.notes = [n for n in result.notes if "cut off" not in n and "no path finished" not in n]
-        result.notes.append(f"the reply was cut off by {why.get(path.finish_reason, path.finish_reason)} before it ended")
+        result.notes.append(f"the reply was cut off by {_CUT_REASONS.get(path.finish_reason, path.finish_reason)} before it ended")
     return result
