@@ -31,6 +31,7 @@ from .backend import (
     KV_TYPES, backend_report, clear_errors, default_gpu_layers, default_threads, lib, recent_errors,
     use_extra_buffer_types,
 )
+from .prefix_cache import PrefixCache
 from .sampling import SamplingParams, free_chain, make_chain
 from .text import StopScanner, Utf8Stream, clean_text
 
@@ -56,10 +57,11 @@ class EngineConfig:
     n_threads: int | None = None
     n_gpu_layers: int | None = None
     kv_type: str = "f16"
-    max_sequences: int = 16
+    max_sequences: int = 16  # sequences decoded at once (all generations, all requests together)
     n_batch: int = 512
-    # Keep the last prompt's KV cells and prefill only what a new prompt adds after their common
-    # prefix (llama-server's cache_prompt): a conversation's next turn, a shared system prompt.
+    # Keep finished prompts' KV cells (and a single path's reply) and prefill only what a new prompt
+    # adds after the longest cached prefix (llama-server's cache_prompt, across every cached prompt):
+    # a conversation's next turn, a system prompt shared by many requests (see prefix_cache).
     cache_prompt: bool = True
 
     def __post_init__(self) -> None:
@@ -171,7 +173,10 @@ class Engine:
         ctx_params.n_ctx = self.config.n_ctx
         ctx_params.n_batch = self.config.n_batch
         ctx_params.n_ubatch = self.config.n_batch
-        ctx_params.n_seq_max = self.config.max_sequences + 1  # +1: the prompt's own sequence
+        # Sequence ids: the paths, one per live generation for its prompt, and the rest for the
+        # prefix cache (llama.cpp allows 256; each id reserves one row of logits up front).
+        self.n_seq_max = min(MAX_SEQUENCES + 1, 2 * self.config.max_sequences + 2)
+        ctx_params.n_seq_max = self.n_seq_max
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
         ctx_params.kv_unified = True
@@ -195,8 +200,10 @@ class Engine:
         self._batch = llama.llama_batch_init(self.n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._control_tokens: tuple[str, ...] | None = None
-        self._generation: Generation | None = None
-        self._cached_prompt: list[int] = []  # the tokens whose KV cells sequence 0 holds (cache_prompt)
+        self._generation: Generation | None = None  # the latest one started without a scheduler
+        self._seq_ids = list(range(self.n_seq_max - 1, -1, -1))  # free llama.cpp sequence ids
+        self.prefix_cache = PrefixCache()
+        self._scheduler = None  # set by edgesrm.engine.scheduler.Scheduler while it runs
 
     # -- model metadata -------------------------------------------------------------
 
@@ -323,8 +330,15 @@ class Engine:
         ``prompt`` is text, a ``ChatPrompt`` (see ``tokenize_prompt``) or token ids (used as
         they are).
         """
-        if self._generation is not None:
-            self._generation.close()
+        if self._closed:
+            raise EdgesrmError("the engine is closed: load the model again")
+        if self._scheduler is None:
+            if self._generation is not None:
+                self._generation.close()  # one generation at a time, unless a scheduler shares the steps
+            if not self.prefix_cache.entries and len(self._seq_ids) == self.n_seq_max:
+                # Nothing is held: an empty cache also starts placing cells from its first one again,
+                # so the same prompt and seed replay the same text (cell placement changes the numbers).
+                self._llama.llama_memory_clear(self._memory, True)
         if isinstance(prompt, str):
             tokens = self.tokenize_prompt(prompt)
         elif hasattr(prompt, "pieces"):  # a ChatPrompt
@@ -339,36 +353,58 @@ class Engine:
             why = f"the prompt is {len(tokens):,} tokens, longer than the context of {self.n_ctx:,} tokens"
             raise EdgesrmError(f"{why} (raise the context size, e.g. n_ctx={need}{trained})",
                                cli=f"{why} (raise the context size, e.g. --ctx {need}{trained})")
-        cached = self._keep_prefix(tokens)
-        self._cached_prompt = []  # until this prompt's prefill has succeeded
-        self._generation = Generation(self, tokens, logprobs, cached=cached)
-        self._cached_prompt = list(tokens)
-        return self._generation
+        generation = Generation(self, tokens, logprobs)
+        if self._scheduler is None:
+            self._generation = generation
+        return generation
 
-    def _keep_prefix(self, tokens: list[int]) -> int:
-        """Empty the KV cache but for the cells of the last prompt that ``tokens`` begins with
-        (at most all but its last token, whose logits the first step needs); how many."""
-        llama, memory = self._llama, self._memory
-        keep = 0
-        if self.config.cache_prompt:
-            for old, new in zip(self._cached_prompt, tokens[:-1]):
-                if old != new:
-                    break
-                keep += 1
-        if keep:
-            for seq_id in range(1, self.config.max_sequences + 1):  # every sequence but the prompt's (0)
-                llama.llama_memory_seq_rm(memory, seq_id, -1, -1)
-            if llama.llama_memory_seq_rm(memory, 0, keep, -1):  # False: this cache cannot cut a sequence
-                return keep
-        llama.llama_memory_clear(memory, True)
-        return 0
+    @property
+    def max_parallel(self) -> int:
+        """Sequences the caller may decode at once: ``max_sequences``, or under a scheduler the
+        calling request's share."""
+        if self._scheduler is not None:
+            return self._scheduler.slots()
+        return self.config.max_sequences
+
+    def _take_seq_id(self) -> int:
+        """A free llama.cpp sequence id, forgetting cached prefixes if none is free."""
+        while not self._seq_ids:
+            if not self._evict():
+                raise EdgesrmError("no free sequence id (too many generations at once)")
+        return self._seq_ids.pop()
+
+    def _free_seq(self, seq_id: int) -> None:
+        """Free a sequence's KV cells and give its id back."""
+        self._llama.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        self._seq_ids.append(seq_id)
+
+    def _evict(self) -> bool:
+        """Forget the least recently used cached prefix; whether there was one."""
+        seq_id = self.prefix_cache.pop_lru()
+        if seq_id is None:
+            return False
+        self._free_seq(seq_id)
+        return True
+
+    def clear_prefix_cache(self) -> None:
+        """Free every cached prefix's KV cells (a new prompt then prefills in full)."""
+        while self._evict():
+            pass
 
     # Class defaults, so that they exist however far __init__ got.
     _closed = False
     _n_decodes = 0  # llama_decode calls so far: logits read after a later one are stale
 
     def _decode(self, items: list[tuple[int, int, int, bool]]) -> int:
-        """Decode (token, pos, seq_id, wants_logits) items in one ``llama_decode``."""
+        """Decode (token, pos, seq_id, wants_logits) items in one ``llama_decode``; when the KV
+        cache is full, cached prefixes are forgotten (least recently used first) and it is tried
+        again. Returns llama_decode's status (1: no room even then)."""
+        while True:
+            status = self._decode_once(items)
+            if status != 1 or not self._evict():
+                return status
+
+    def _decode_once(self, items: list[tuple[int, int, int, bool]]) -> int:
         self._n_decodes += 1
         batch = self._batch
         for i, (token, pos, seq_id, logits) in enumerate(items):
@@ -390,6 +426,9 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        scheduler = getattr(self, "_scheduler", None)
+        if scheduler is not None:
+            scheduler.close()
         generation = getattr(self, "_generation", None)
         if generation is not None:
             generation.close()
@@ -445,7 +484,7 @@ class Timings:
 class Generation:
     """Sequences that share one prefilled prompt, advanced together one token per step."""
 
-    def __init__(self, engine: Engine, prompt_tokens: list[int], logprobs: bool, cached: int = 0) -> None:
+    def __init__(self, engine: Engine, prompt_tokens: list[int], logprobs: bool) -> None:
         n_vocab = engine.n_vocab
         for token in prompt_tokens:  # llama.cpp would read out of bounds for a bad token id
             if not (type(token) is int or (isinstance(token, numbers.Integral) and not isinstance(token, bool))) \
@@ -455,28 +494,78 @@ class Generation:
         self.engine = engine
         self.prompt_tokens = prompt_tokens
         self.sequences: list[Sequence] = []
-        self.timings = Timings(prompt_tokens=len(prompt_tokens), cached_tokens=cached)
+        self.timings = Timings(prompt_tokens=len(prompt_tokens))
         self._want_logprobs = logprobs
-        self._root = 0  # llama seq id that holds the prompt for the whole generation
-        self._free_ids = list(range(engine.config.max_sequences, 0, -1))
         self._closed = False
         self._stepping = False
+        self._max_paths = engine.max_parallel  # sequences it may decode at once
+        self._held: set[int] = set()  # llama.cpp sequence ids of its sequences that hold KV cells
+        self._kept: Sequence | None = None  # its single finished path, whose cells stay for the prefix cache
+        self._prompt_logits_fresh = False
+        self._prompt_logits_index = 0
+        self._prompt_logits_decode = -1
+        self._root = engine._take_seq_id()  # holds the prompt for the whole generation
+        self._prefilled = 0  # prompt tokens whose KV cells are in place
+        try:
+            self._prefilled = self.timings.cached_tokens = self._reuse_prefix()
+            self._prefill_started = time.perf_counter()
+            if engine._scheduler is not None:
+                engine._scheduler.prefill(self)  # in the shared steps, in chunks
+            else:
+                self._prefill_alone()
+        except BaseException:
+            self.close()
+            raise
 
-        start = time.perf_counter()
-        n_batch = engine.n_batch
-        last = len(prompt_tokens) - 1
-        for begin in range(cached, last, n_batch):  # the cached prefix's cells are there already
-            chunk = prompt_tokens[begin : min(begin + n_batch, last)]
+    def _reuse_prefix(self) -> int:
+        """Copy the longest cached prefix of the prompt (all but its last token, whose logits
+        the first step needs) into the prompt's sequence; how many tokens that saves."""
+        engine = self.engine
+        if not engine.config.cache_prompt:
+            return 0
+        entry, n = engine.prefix_cache.longest(self.prompt_tokens[:-1])
+        if entry is None or n == 0:
+            engine.prefix_cache.misses += 1
+            return 0
+        engine._llama.llama_memory_seq_cp(engine._memory, entry.seq_id, self._root, 0, n)
+        engine.prefix_cache.use(entry, n)
+        return n
+
+    def _prefill_alone(self) -> None:
+        engine, tokens = self.engine, self.prompt_tokens
+        last = len(tokens) - 1
+        for begin in range(self._prefilled, last, engine.n_batch):  # a cached prefix's cells are there already
+            chunk = tokens[begin : min(begin + engine.n_batch, last)]
             self._check(engine._decode([(t, begin + j, self._root, False) for j, t in enumerate(chunk)]), "prefill")
         # The last token alone, whether the rest was cached or not: its logits are then computed the
         # same way every time (llama.cpp's are not batch-invariant), so a seed replays the same text
         # with or without a cached prefix.
-        self._check(engine._decode([(prompt_tokens[last], last, self._root, True)]), "prefill")
-        self.timings.prefill_s = time.perf_counter() - start
-        # The prompt's last logits stay valid until the next decode: the first step samples
-        # every new sequence from them instead of decoding the last prompt token again.
-        self._prompt_logits_index = 0
-        self._prompt_logits_fresh = True
+        self._check(engine._decode([(tokens[last], last, self._root, True)]), "prefill")
+        self._prefill_decoded(len(tokens) - self._prefilled, 0)
+
+    @property
+    def prefilled(self) -> bool:
+        return self._prefilled == len(self.prompt_tokens)
+
+    def _prefill_items(self, room: int) -> list[tuple[int, int, int, bool]]:
+        """The next ``room`` prompt tokens to decode (a scheduler's chunked prefill)."""
+        last = len(self.prompt_tokens) - 1
+        return [(self.prompt_tokens[p], p, self._root, p == last)
+                for p in range(self._prefilled, min(len(self.prompt_tokens), self._prefilled + room))]
+
+    def _prefill_decoded(self, n: int, last_row: int) -> None:
+        """``n`` more prompt tokens were decoded; ``last_row``: the batch row of the last one's logits."""
+        self._prefilled += n
+        if self.prefilled:
+            self.timings.prefill_s = time.perf_counter() - self._prefill_started
+            # The prompt's last logits stay valid until the next decode: the first step samples
+            # every new sequence from them instead of decoding the last prompt token again.
+            self._prompt_logits_index = last_row
+            self._prompt_logits_decode = self.engine._n_decodes
+            self._prompt_logits_fresh = True
+
+    def _logits_fresh(self) -> bool:
+        return self._prompt_logits_fresh and self._prompt_logits_decode == self.engine._n_decodes
 
     # -- building the set of sequences ----------------------------------------------
 
@@ -504,7 +593,7 @@ class Generation:
         seq = self._new_sequence(sampling, max_tokens, on_text)
         self.configure(seq, stop=stops, pause=pauses, pause_on_eos=pause_on_eos)
         n = len(self.prompt_tokens)
-        if self._prompt_logits_fresh:
+        if self._logits_fresh():
             # Sampled straight from the prefill logits in the next step.
             self.engine._llama.llama_memory_seq_cp(self.engine._memory, self._root, seq.seq_id, 0, n)
             seq._pos = n
@@ -630,52 +719,79 @@ class Generation:
     def _step(self) -> list[Sequence]:
         engine = self.engine
         finished_before = {s.index for s in self.sequences if s.finished}
+        if engine._scheduler is not None:  # one shared llama_decode with every other live generation
+            engine._scheduler.step(self)
+            return [s for s in self.sequences if s.finished and s.index not in finished_before]
         start = time.perf_counter()
-        if self._prompt_logits_fresh:
-            # Sequences added before the first step sample their first token from the
-            # prefill's logits: one prompt decode serves them all.
-            self._prompt_logits_fresh = False
-            self._sample([(s, self._prompt_logits_index) for s in self.active if not s._pending])
-            if self._closed:  # by a text callback
-                raise EdgesrmError(CLOSED_GENERATION)
+        self._sample_prompt_logits()
+        if self._closed:  # by a text callback
+            raise EdgesrmError(CLOSED_GENERATION)
+        items, outputs, active = self._collect(engine.n_batch)
+        if items:
+            self._apply(engine._decode(items), items, outputs, 0, active)
+        self._count_step(time.perf_counter() - start, len(items))
+        return [s for s in self.sequences if s.finished and s.index not in finished_before]
 
+    def _sample_prompt_logits(self) -> None:
+        """Sequences added since the prefill sample their first token from its logits: one prompt
+        decode serves them all. If another decode came first (a scheduler's), they decode the
+        last prompt token again instead."""
+        if not self._prompt_logits_fresh:
+            return
+        fresh = self._logits_fresh()
+        self._prompt_logits_fresh = False
+        waiting = [s for s in self.active if not s._pending]
+        if fresh:
+            self._sample([(s, self._prompt_logits_index) for s in waiting])
+            return
+        n = len(self.prompt_tokens)
+        for seq in waiting:
+            if not seq.tokens and seq._pos == n:
+                self.engine._llama.llama_memory_seq_rm(self.engine._memory, seq.seq_id, n - 1, -1)
+                seq._pos, seq._pending = n - 1, [self.prompt_tokens[-1]]
+
+    def _collect(self, room: int) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Sequence, int]], list[Sequence]]:
+        """This step's batch items (at most ``room``), the sequences that sample and the rows of
+        their logits (within the items), and the sequences that were active."""
         items: list[tuple[int, int, int, bool]] = []  # (token, pos, seq_id, wants logits)
         outputs: list[tuple[Sequence, int]] = []  # (sequence, batch index of its logits)
-        capacity = engine.n_batch
         active = self.active
         for seq in active:
-            room = capacity - len(items)
-            if room <= 0:
+            left = room - len(items)
+            if left <= 0:
                 break
             if not seq._pending:  # its sampled token was lost to an exception in a text callback
                 self._rewind_to(seq, len(seq.text))  # decode its last token again
-            take = seq._pending[:room]
+            take = seq._pending[:left]
             done = len(take) == len(seq._pending)
             for j, token in enumerate(take):
                 items.append((token, seq._pos + j, seq.seq_id, done and j == len(take) - 1))
             if done:
                 outputs.append((seq, len(items) - 1))
+        return items, outputs, active
 
-        if items:
-            status = engine._decode(items)
-            if status == 1:  # no room left in the KV cache for this batch
-                for seq in active:
-                    if not seq.finished:  # (a text callback may have dropped it)
-                        self._finish(seq, CONTEXT)
-            else:
-                self._check(status, "decode")
-                decoded: dict[int, int] = {}
-                for _, _, seq_id, _ in items:
-                    decoded[seq_id] = decoded.get(seq_id, 0) + 1
-                for seq in active:
-                    n = decoded.get(seq.seq_id, 0)
-                    seq._pos += n
-                    del seq._pending[:n]
-                self._sample(outputs)
-        self.timings.decode_s += time.perf_counter() - start
+    def _apply(self, status: int, items: list[tuple[int, int, int, bool]], outputs: list[tuple[Sequence, int]],
+               offset: int, active: list[Sequence]) -> None:
+        """After the decode of ``items`` (at batch row ``offset``): advance and sample."""
+        if status == 1:  # no room left in the KV cache for this batch
+            for seq in active:
+                if not seq.finished:  # (a text callback may have dropped it)
+                    self._finish(seq, CONTEXT)
+            return
+        self._check(status, "decode")
+        decoded: dict[int, int] = {}
+        for _, _, seq_id, _ in items:
+            decoded[seq_id] = decoded.get(seq_id, 0) + 1
+        for seq in active:
+            n = decoded.get(seq.seq_id, 0)
+            seq._pos += n
+            del seq._pending[:n]
+        self._sample([(seq, offset + i) for seq, i in outputs])
+
+    def _count_step(self, seconds: float, tokens: int) -> None:
+        self.timings.decode_s += seconds
         self.timings.steps += 1
-        self.timings.decoded_tokens += len(items)
-        return [s for s in self.sequences if s.finished and s.index not in finished_before]
+        self.timings.decoded_tokens += tokens
 
     def run(self) -> list[Sequence]:
         """Step until every sequence has finished; returns all sequences."""
@@ -686,7 +802,8 @@ class Generation:
         return self.sequences
 
     def close(self) -> None:
-        """Free sampler chains; the engine's KV cache is cleared by the next ``start``."""
+        """Free its sequences' KV cells and sampler chains. With ``cache_prompt``, the prompt's
+        cells (and a single path's reply) stay in the engine's prefix cache."""
         if self._closed:
             return
         self._closed = True
@@ -694,6 +811,25 @@ class Generation:
             if seq._chain is not None:
                 free_chain(seq._chain)
                 seq._chain = None
+        engine = self.engine
+        if engine._closed or getattr(self, "_root", None) is None:
+            return
+        keep_id, keep_tokens = None, None
+        if engine.config.cache_prompt and self.prefilled:
+            kept = self._kept
+            if kept is not None and kept._pos > len(self.prompt_tokens):
+                keep_id, keep_tokens = kept.seq_id, (self.prompt_tokens + kept.tokens)[: kept._pos]
+            else:
+                keep_id, keep_tokens = self._root, self.prompt_tokens
+        for seq_id in [self._root, *self._held]:
+            if seq_id != keep_id:
+                engine._free_seq(seq_id)
+        self._held.clear()
+        if keep_id is not None:
+            for redundant in engine.prefix_cache.put(keep_id, keep_tokens):
+                engine._free_seq(redundant)
+        if engine._generation is self:
+            engine._generation = None
 
     # -- internals ------------------------------------------------------------------
 
@@ -713,12 +849,18 @@ class Generation:
             raise EdgesrmError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
         if on_text is not None and not callable(on_text):
             raise EdgesrmError(f"on_text must be callable, got {type(on_text).__name__}")
-        if not self._free_ids:
+        if self._kept is not None:  # a second path: the first one's reply is not kept after all
+            self._held.discard(self._kept.seq_id)
+            self.engine._free_seq(self._kept.seq_id)
+            self._kept = None
+        if len(self._held) >= self._max_paths:
             raise EdgesrmError(
-                f"at most {self.engine.config.max_sequences} sequences can run at once "
+                f"at most {self._max_paths} sequences can run at once "
                 "(raise max_sequences when loading the engine)"
             )
-        seq = Sequence(index=len(self.sequences), seq_id=self._free_ids.pop(), sampling=sampling, max_tokens=max_tokens)
+        seq_id = self.engine._take_seq_id()
+        self._held.add(seq_id)
+        seq = Sequence(index=len(self.sequences), seq_id=seq_id, sampling=sampling, max_tokens=max_tokens)
         seq._chain = make_chain(sampling)
         seq._on_text = on_text
         seq._generation = self
@@ -830,10 +972,12 @@ class Generation:
         if seq._chain is not None:
             free_chain(seq._chain)
             seq._chain = None
-        if not self._closed:  # a closed generation's KV cells belong to the next one
-            engine = self.engine
-            engine._llama.llama_memory_seq_rm(engine._memory, seq.seq_id, -1, -1)
-            self._free_ids.append(seq.seq_id)
+        if not self._closed:  # (a closed generation has freed its cells)
+            if self.engine.config.cache_prompt and len(self.sequences) == 1:
+                self._kept = seq  # its reply's cells stay until close, for the prefix cache
+            else:
+                self._held.discard(seq.seq_id)
+                self.engine._free_seq(seq.seq_id)
         self._emit(seq, len(seq.text))  # last: a text callback may call anything
 
     def _check(self, status: int, what: str) -> None:
