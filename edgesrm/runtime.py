@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .budget import Budget, Deadline, plan_memory
 from .chat import ChatFormat
 from .checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS, MIN_CTX, check_int, check_number
-from .engine import Engine, EngineConfig, SamplingParams, set_verbose
+from .engine import Cancelled, Engine, EngineConfig, SamplingParams, Scheduler, set_verbose
 from .engine.text import clean_text
 from .errors import EdgesrmError
 from .models import resolve_model, training_context
-from .strategies import Result, Task, auto, run_strategy
+from .strategies import STRATEGIES, Result, Task, auto, run_strategy
 from .strategies.base import StreamCallback
 
 DEFAULT_CTX = 4096
@@ -25,20 +27,39 @@ RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt"})  
 
 
 def _one_call_at_a_time(method):
-    """Runs ``method`` under the runtime's lock: calls from other threads wait their turn (the
-    engine holds one generation at a time); a call from inside ``on_text`` gets the engine's error."""
+    """Runs ``method`` under the runtime's lock, unless a scheduler shares the engine's steps
+    between calls: calls from other threads wait their turn (without a scheduler the engine holds
+    one generation at a time); a call from inside ``on_text`` gets the engine's error."""
 
     @functools.wraps(method)
     def serialized(self, *args, **kwargs):
+        if self.scheduler is not None:
+            return method(self, *args, **kwargs)
         with self._lock:
             return method(self, *args, **kwargs)
 
     return serialized
 
 
+@dataclass
+class Completion:
+    """A raw continuation of a prompt (``Runtime.complete``; no chat template, no strategy)."""
+
+    text: str
+    finish_reason: str  # eos, stop, length or context (engine.EOS...)
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    seconds: float
+    seed: int
+
+
 class Runtime:
-    """A loaded model ready to answer; create it with ``edgesrm.load``. It answers one call at a
-    time: ``ask`` from several threads is safe, and the calls run one after another."""
+    """A loaded model ready to answer; create it with ``edgesrm.load``. ``ask`` from several
+    threads is safe: the calls run one after another, or, once ``start_scheduler`` has been
+    called, together, their sequences sharing every decode step."""
+
+    scheduler: Scheduler | None = None
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -53,6 +74,23 @@ class Runtime:
     @property
     def model_path(self) -> Path:
         return self.engine.model_path
+
+    def start_scheduler(self, *, max_queue: int = 64) -> Scheduler:
+        """Let calls from several threads run together: one decode thread steps every call's
+        sequences in one ``llama_decode`` (``edgesrm.engine.scheduler``); at most ``max_queue``
+        calls wait for free sequences, beyond that ``ask`` raises ``QueueFull``. The server
+        calls this; ``close`` stops it."""
+        max_queue = check_int("max_queue", max_queue, 0, INT32_MAX)
+        with self._lock:
+            if self.scheduler is None:
+                self.scheduler = Scheduler(self.engine, max_queue=max_queue)
+            return self.scheduler
+
+    def _request(self, slots: int, max_tokens: int, cancel: threading.Event | None):
+        """The body runs as one scheduler request (admitted, queued or refused), or as is."""
+        if self.scheduler is None:
+            return contextlib.nullcontext()
+        return self.scheduler.request(slots=slots, max_tokens=max_tokens, cancel=cancel)
 
     @_one_call_at_a_time
     def ask(
@@ -76,6 +114,9 @@ class Runtime:
         on_text: StreamCallback | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
         parse_special: bool = False,
+        stop: Sequence[str] = (),
+        thinking_budget: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result:
         """Answer ``question`` with a reasoning ``strategy`` (see ``edgesrm.strategies``;
         default ``cot``), or reply to a conversation: ``messages`` (``[{"role": "user",
@@ -92,6 +133,10 @@ class Runtime:
         ``chat_template_kwargs`` are passed to the model's chat template (``{"enable_thinking":
         False}`` for Qwen3, ``{"reasoning_effort": "low"}``...). Control-token strings in ``question`` and ``system`` stay text unless
         ``parse_special`` (then a question can open a new turn: never for untrusted text).
+        ``stop`` strings end a path (cut from its text); ``thinking_budget`` caps a thinking
+        model's reasoning (tokens) before it must answer. Setting ``cancel`` (a
+        ``threading.Event``) from another thread drops the paths at the next step and raises
+        ``Cancelled``. With a scheduler, ``QueueFull`` when too many calls wait.
         """
         if self.engine._closed:
             raise EdgesrmError("this runtime is closed: load the model again")
@@ -99,6 +144,10 @@ class Runtime:
         n = check_int("n", n, 1, MAX_SEQUENCES)
         max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS)
         waits = check_int("waits", waits, 0, MAX_TOKENS)
+        thinking_budget = check_int("thinking_budget", thinking_budget, 0, MAX_TOKENS, optional=True)
+        stop = _stop_strings(stop)
+        if cancel is not None and not isinstance(cancel, threading.Event):
+            raise EdgesrmError(f"cancel must be a threading.Event or None, got {type(cancel).__name__}")
         if seed is None:
             seed = random.randrange(2**31)  # reported in the result, so any answer can be replayed
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
@@ -127,6 +176,17 @@ class Runtime:
         # result's question is valid text too.
         question, system = clean_text(question), None if system is None else clean_text(system)
         budget = budget or Budget()
+        if not isinstance(strategy, str) or strategy not in STRATEGIES:
+            raise EdgesrmError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        slots = min(n, self.engine.config.max_sequences) if strategy in ("sc", "auto") else 1
+        per_path = max_tokens if budget.max_tokens is None else max(1, min(max_tokens, budget.max_tokens // slots))
+        with self._request(slots, per_path, cancel):
+            return self._run(strategy, question, messages, n, budget, max_tokens, sampling, system, early_stop,
+                             weighted, waits, on_text, chat_template_kwargs, parse_special, stop,
+                             thinking_budget, cancel)
+
+    def _run(self, strategy, question, messages, n, budget, max_tokens, sampling, system, early_stop, weighted,
+             waits, on_text, chat_template_kwargs, parse_special, stop, thinking_budget, cancel) -> Result:
         if strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
             auto.prepare(self.engine, n)  # speed measured once, before the clock starts
         deadline = Deadline(budget.deadline_s)  # the clock starts now, before the prompt
@@ -145,6 +205,7 @@ class Runtime:
             engine=self.engine, chat=chat, question=question, sampling=sampling, budget=budget, n=n,
             max_tokens=max_tokens, system=system, on_text=on_text, deadline=deadline, early_stop=early_stop,
             weighted=weighted, waits=waits, template_kwargs=dict(chat_template_kwargs or {}), messages=messages,
+            stop=stop, thinking_budget=thinking_budget, cancel=cancel,
         )
         result = run_strategy(strategy, task)
         result.notes[:0] = getattr(self, "memory_notes", [])  # what the memory plan gave up (load)
@@ -153,15 +214,76 @@ class Runtime:
                                 "ask --memory); Budget.memory_mb in ask changes nothing")
         return result
 
-    @_one_call_at_a_time  # a call running in another thread ends first
-    def close(self) -> None:
-        self.engine.close()
+    @_one_call_at_a_time
+    def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.6,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Completion:
+        """Continue ``prompt`` as it is (no chat template; control-token strings in it are
+        parsed, as llama-server's ``/completion`` does): OpenAI's legacy completions. ``on_text``
+        gets each new piece of text. Raises ``EdgesrmError`` for invalid arguments, ``Cancelled``
+        when ``cancel`` is set, ``QueueFull`` as ``ask``."""
+        if self.engine._closed:
+            raise EdgesrmError("this runtime is closed: load the model again")
+        if not isinstance(prompt, str) or not prompt:
+            raise EdgesrmError(f"the prompt must be a non-empty str, got {prompt!r:.40}")
+        max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS)
+        if seed is None:
+            seed = random.randrange(2**31)
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        stop = _stop_strings(stop)
+        if on_text is not None and not callable(on_text):
+            raise EdgesrmError(f"on_text must be a function (text) or None, got {type(on_text).__name__}")
+        started = time.perf_counter()
+        with self._request(1, max_tokens, cancel):
+            gen = self.engine.start(clean_text(prompt))
+            try:
+                seq = gen.add(sampling, max_tokens=max_tokens, stop=stop,
+                              on_text=None if on_text is None else (lambda _seq, text: on_text(text)))
+                while not seq.finished:
+                    if cancel is not None and cancel.is_set():
+                        gen.drop(seq)
+                        raise Cancelled("the request was cancelled")
+                    gen.step()
+            finally:
+                gen.close()
+        return Completion(text=seq.text, finish_reason=seq.finish_reason or "", prompt_tokens=len(gen.prompt_tokens),
+                          completion_tokens=seq.n_sampled, cached_tokens=gen.timings.cached_tokens,
+                          seconds=time.perf_counter() - started, seed=seed)
+
+    def close(self, grace_s: float = 0.0) -> None:
+        """Free the model. With a scheduler, calls running in other threads have ``grace_s``
+        seconds to finish, then are cancelled; without one, a running call ends first."""
+        if self.scheduler is not None:
+            self.scheduler.close(grace_s)
+            self.scheduler = None
+        with self._lock:
+            self.engine.close()
 
     def __enter__(self) -> "Runtime":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop_strings(stop: Any) -> tuple[str, ...]:
+    """OpenAI's ``stop``: a string or a list of strings (at most 16, none empty)."""
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop) or len(stop) > 16:
+        raise EdgesrmError("stop must be a string or a list of at most 16 strings")
+    return tuple(clean_text(s) for s in stop if s)
 
 
 def _message_list(messages: Any) -> list:
@@ -180,6 +302,7 @@ def load(
     max_sequences: int = 16,
     memory_mb: float | None = None,
     verbose: bool = False,
+    cache_prompt: bool = True,
 ) -> Runtime:
     """Load a GGUF model (``None``: the embedded SmolLM2-135M-Instruct) and return a Runtime.
 
@@ -187,7 +310,8 @@ def load(
     context if that is smaller; a larger one than the model was trained for is allowed, with an
     ``EdgesrmWarning``. With ``memory_mb``, the context size, KV cache type, batch and number of
     parallel sequences are chosen (before loading) so that the estimated peak fits; what was
-    given up to fit is in every result's ``notes``.
+    given up to fit is in every result's ``notes``. ``cache_prompt``: keep finished prompts' KV
+    cells for prompts that begin the same way (``EngineConfig.cache_prompt``).
     """
     n_ctx = check_int("n_ctx", n_ctx, MIN_CTX, MAX_CTX, optional=True)  # numbers first, before any loading
     threads = check_int("threads", threads, 1, MAX_THREADS, optional=True)
@@ -205,7 +329,7 @@ def load(
         n_ctx, kv_type, max_sequences, n_batch = plan.n_ctx, plan.kv_type, plan.n_seqs, plan.n_batch
         given_up = plan.given_up
     config = EngineConfig(n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
-                          max_sequences=max_sequences, n_batch=n_batch)
+                          max_sequences=max_sequences, n_batch=n_batch, cache_prompt=cache_prompt)
     runtime = Runtime(Engine(path, config))
     runtime.memory_notes = list(given_up)  # said again in every result's notes
     return runtime

@@ -55,7 +55,7 @@ def decode_speed(engine: Engine, n: int) -> float:
 
 
 def measure_speed(engine: Engine, n: int) -> float:
-    n = min(n, engine.config.max_sequences)
+    n = min(n, engine.max_parallel)
     gen = engine.start("Write a long story about a lighthouse keeper.\n")
     try:
         for i in range(n):

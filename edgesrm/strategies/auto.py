@@ -27,7 +27,7 @@ EARLY_STOP_TOKENS = 0.75
 def prepare(engine, n: int) -> None:
     """Measure (once per model and machine) the speeds ``choose`` needs, so that the
     measurement is not charged to the answer's deadline."""
-    for width in sorted({1, min(first_paths(n), engine.config.max_sequences)}):
+    for width in sorted({1, min(first_paths(n), engine.max_parallel)}):
         decode_speed(engine, width)
 
 
@@ -40,7 +40,7 @@ def choose(task: Task) -> tuple[str, int]:
     if deadline is None and token_budget is None:
         return "cot", 1
     length = expected_path_tokens(task)
-    widest = min(task.n, task.engine.config.max_sequences)
+    widest = min(task.n, task.engine.max_parallel)
     for n in (8, 4):
         if n > widest:
             continue

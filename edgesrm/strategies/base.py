@@ -31,6 +31,7 @@ The rules, kept here for every strategy (``PathRunner``):
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from ..answers import extract_answer, normalize, vote
 from ..budget import Budget, Deadline
 from ..chat import THINK_CLOSE, THINK_OPEN, ChatFormat, ChatPrompt
-from ..engine import CONTEXT, DROPPED, EOS, LENGTH, STOP, Engine, Generation, SamplingParams, Sequence
+from ..engine import CONTEXT, DROPPED, EOS, LENGTH, STOP, Cancelled, Engine, Generation, SamplingParams, Sequence
 
 StreamCallback = Callable[[str, str], None]  # (kind: "reasoning" | "answer", text)
 
@@ -80,6 +81,9 @@ class Task:
     waits: int = 1  # budget: how many times "Wait" may extend the thinking
     template_kwargs: dict = field(default_factory=dict)  # passed to the chat template (enable_thinking, ...)
     messages: list[dict] | None = None  # a whole conversation instead of `question` (plain only)
+    stop: tuple[str, ...] = ()  # strings that end a path (cut from its text), as OpenAI's `stop`
+    thinking_budget: int | None = None  # thinking models: tokens a path may think before it must answer
+    cancel: threading.Event | None = None  # set (by a server whose client went away): the paths are dropped
 
     @property
     def thinking(self) -> bool:
@@ -256,12 +260,15 @@ class PathRunner:
         on_text = None
         if stream and self.task.on_text is not None:
             on_text = self._on_text
-        seq = self.gen.add(sampling, max_tokens=path_tokens, pause=self.pauses, pause_on_eos=True, on_text=on_text)
+        seq = self.gen.add(sampling, max_tokens=path_tokens, stop=self.task.stop, pause=self.pauses,
+                           pause_on_eos=True, on_text=on_text)
         if on_text is not None:
             self._streams[seq.index] = _Stream(self.task.on_text)
         self._limit[seq.index] = path_tokens
         self.reasoning.add(seq.index)
         self.set_cap(seq, path_tokens)
+        if self.task.thinking_budget is not None and self.thinking and not self.answers_at_once:
+            self.set_think_budget(seq, self.task.thinking_budget)
         if self.answers_at_once:
             self.start_answer(seq, cue="", answer_tokens=path_tokens)
         return seq
@@ -361,8 +368,13 @@ class PathRunner:
         ``on_update`` is called before every step with the paths up to date; it may add
         paths, drop them, or end the run by returning True (early stopping).
         """
-        gen, deadline = self.gen, self.task.deadline
+        gen, deadline, cancel = self.gen, self.task.deadline, self.task.cancel
         while True:
+            if cancel is not None and cancel.is_set():
+                for seq in gen.sequences:
+                    if not seq.finished:
+                        gen.drop(seq)  # its KV cells are free at once
+                raise Cancelled("the request was cancelled")
             for seq in gen.sequences:
                 if seq.paused and not seq.finished:
                     self.on_pause(seq) if seq.index in self.reasoning else self.on_answered(seq)

@@ -97,7 +97,7 @@ def first_paths(n: int, confidence: float = STOP_CONFIDENCE) -> int:
 
 def run(task: Task) -> Result:
     engine, early_stop, weighted = task.engine, task.early_stop, task.weighted
-    n, slots = task.n, engine.config.max_sequences
+    n, slots = task.n, engine.max_parallel
     notes = []
     if task.budget.max_tokens is not None and task.budget.max_tokens < n:
         notes.append(f"sc: {task.budget.max_tokens} paths instead of {n}: the token budget of "
