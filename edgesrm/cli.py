@@ -372,8 +372,10 @@ def doctor(as_json: bool) -> None:
 
 from .chat_command import chat as chat_command  # noqa: E402
 from .convert.cli import convert as convert_command, quantize as quantize_command  # noqa: E402
+from .serve_command import serve as serve_command  # noqa: E402
 
 cli.add_command(chat_command)
+cli.add_command(serve_command)
 cli.add_command(convert_command)
 cli.add_command(quantize_command)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
+import urllib.request
 import sys
 from pathlib import Path
 
@@ -83,21 +85,66 @@ def test_every_line_is_run_or_said_why():
     assert blocks("bash") and blocks("python")
 
 
+def background(command: str, cwd: Path) -> subprocess.Popen:
+    """A README line ending in ``&`` (a server): started, and stopped when its block ends."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.Popen(["bash", "-c", f"exec {command.rstrip().removesuffix('&')}"], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == 0, f"a README server ended with {proc.returncode}:\n{err[-2000:]}"
+    return err
+
+
+def wait_for(url: str) -> None:
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing answered at {url}")
+
+
 @pytest.mark.parametrize("index", range(len(blocks("bash"))))
 def test_shell_block(checkout, index):
-    for line in blocks("bash")[index].splitlines():
-        command = runnable(line)
-        if command is None:
-            continue
-        proc = run(["bash", "-c", command], checkout)
-        assert proc.returncode == 0, f"README line failed: {line}\n{proc.stderr[-2000:]}"
-        assert "Traceback" not in proc.stderr, proc.stderr
+    servers = []
+    try:
+        for line in blocks("bash")[index].splitlines():
+            command = runnable(line)
+            if command is None:
+                continue
+            if command.rstrip().endswith("&"):
+                servers.append(background(command, checkout))
+                continue
+            proc = run(["bash", "-c", command], checkout)
+            assert proc.returncode == 0, f"README line failed: {line}\n{proc.stderr[-2000:]}"
+            assert "Traceback" not in proc.stderr, proc.stderr
+    finally:
+        errors = [stop(server) for server in servers]
+    assert not any("Traceback" in err for err in errors), errors
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_python_block(checkout, index):
     code = "\n".join(line for line in blocks("python")[index].splitlines() if not reason_not_run(line))
-    proc = run([sys.executable, "-c", code], checkout)
+    server = None
+    if "http://127.0.0.1:8080" in code:  # a client of the Serve section's server
+        server = background("edgesrm serve -m model.gguf --port 8080 &", checkout)
+    try:
+        if server is not None:
+            wait_for("http://127.0.0.1:8080/health")
+        proc = run([sys.executable, "-c", code], checkout)
+    finally:
+        if server is not None:
+            stop(server)
     assert proc.returncode == 0, f"README snippet failed:\n{code}\n{proc.stderr[-3000:]}"
 
 
