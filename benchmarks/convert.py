@@ -66,10 +66,8 @@ def reference_script() -> Path:
 
 
 def edgesrm_command() -> list[str]:
-    """``edgesrm convert`` as installed; through edgesrm.convert.cli until the group registers it."""
-    from edgesrm.cli import cli
-
-    return [sys.executable, "-m", "edgesrm" if "convert" in cli.commands else "edgesrm.convert.cli"]
+    """``edgesrm`` as installed (``python -m edgesrm``), for its ``convert`` command."""
+    return [sys.executable, "-m", "edgesrm"]
 
 
 # Runs a command and reports its peak RSS. A child forked from this (large) benchmark process

@@ -148,7 +148,7 @@ def compare(ours: np.ndarray, reference: np.ndarray, bound: float) -> tuple[floa
 
 def edgesrm_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``edgesrm convert|quantize ...`` as a user would (the commands registered on edgesrm's CLI)."""
-    return subprocess.run([sys.executable, "-m", "edgesrm.convert.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edgesrm", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -232,7 +232,7 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     """``kill`` during a conversion: exit 130, nothing at OUT, no temporary file."""
     smollm2 = checkpoints.smollm2_checkpoint(checkpoints.fixture_cache())
     out = tmp_path / "model.gguf"
-    proc = subprocess.Popen([sys.executable, "-m", "edgesrm.convert.cli", "convert", str(smollm2), "-o", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "edgesrm", "convert", str(smollm2), "-o", str(out),
                              "--outtype", "f32", "--no-progress"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".model.gguf.*.partial")) and proc.poll() is None and time.monotonic() < deadline:
@@ -271,7 +271,7 @@ def test_progress_bar_counts_tensors_and_bytes(good, tmp_path):
     out = tmp_path / "model.gguf"
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
-    proc = subprocess.Popen([sys.executable, "-m", "edgesrm.convert.cli", "convert", str(good), "-o", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "edgesrm", "convert", str(good), "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=child)
     os.close(child)
     shown = b""

@@ -282,7 +282,7 @@ def test_queue_full_gets_503_with_retry_after(model_path):
 
 def serve(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "edgesrm.cli", "serve", *args], stderr=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "edgesrm", "serve", *args], stderr=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
 
 

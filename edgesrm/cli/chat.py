@@ -13,9 +13,9 @@ from pathlib import Path
 
 import click
 
-from .checks import MAX_CTX, MAX_THREADS, MAX_TOKENS, MIN_CTX
-from .errors import EdgesrmError
-from .options import FiniteRange, ReplyPrinter
+from ..checks import MAX_CTX, MAX_THREADS, MAX_TOKENS, MIN_CTX
+from ..errors import EdgesrmError
+from ..options import FiniteRange, ReplyPrinter
 
 COMMANDS = """\
 /think on|off     ask the template to turn thinking on or off (templates with enable_thinking)
@@ -118,9 +118,9 @@ def chat(model: str | None, system: str | None, max_tokens: int, temperature: fl
     """
     import random
 
-    from .budget import Budget
-    from .runtime import load
-    from .strategies import STRATEGIES
+    from ..budget import Budget
+    from ..runtime import load
+    from ..strategies import STRATEGIES
 
     rt = load(model, n_ctx=n_ctx, threads=threads, max_sequences=8)
     session = Session(system, max_tokens, random.randrange(2**31) if seed is None else seed, temperature)

@@ -1,8 +1,5 @@
-"""The ``convert`` and ``quantize`` commands (registered on the ``edgesrm`` group by edgesrm.cli).
-
-``python -m edgesrm.convert.cli convert ...`` runs them through edgesrm's own group, for use
-before they are registered there.
-"""
+"""``edgesrm convert`` and ``edgesrm quantize``: Hugging Face checkpoints to GGUF, GGUF to a
+quantized GGUF (the work is in edgesrm.convert)."""
 
 from __future__ import annotations
 
@@ -13,8 +10,8 @@ from contextlib import contextmanager
 import click
 
 from ..checks import MAX_THREADS
-from .archs import FAMILIES, OUTTYPES
-from .quantize import QUANT_TYPES
+from ..convert.archs import FAMILIES, OUTTYPES
+from ..convert.quantize import QUANT_TYPES
 
 QUANT_HELP = f"Quantize with llama.cpp: {', '.join(QUANT_TYPES)} (case-insensitive)."
 
@@ -43,7 +40,7 @@ def convert(src: str, out: str, outtype: str | None, quant: str | None, revision
       edgesrm convert HuggingFaceTB/SmolLM2-135M-Instruct -o smollm2.gguf --quant Q4_K_M
       edgesrm convert ./Qwen3-0.6B -o qwen3-0.6b-f16.gguf
     """
-    from . import convert as run
+    from ..convert import convert as run
 
     with terminate_as_interrupt():
         path = run(src, out, outtype=outtype, quant=quant, revision=revision, force=force, progress=not no_progress)
@@ -65,7 +62,7 @@ def quantize(src: str, out: str, quant: str, threads: int | None, allow_requanti
     Example:
       edgesrm quantize model-f16.gguf model-q4_k_m.gguf --quant Q4_K_M
     """
-    from . import quantize as run
+    from ..convert import quantize as run
 
     with terminate_as_interrupt():
         path = run(src, out, quant, force=force, threads=threads, allow_requantize=allow_requantize)
@@ -84,15 +81,3 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def main() -> None:
-    from ..cli import cli
-
-    for command in (convert, quantize):
-        cli.add_command(command)
-    cli(prog_name="edgesrm")
-
-
-if __name__ == "__main__":
-    main()

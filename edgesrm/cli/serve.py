@@ -11,9 +11,9 @@ import threading
 
 import click
 
-from .checks import MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX
-from .errors import EdgesrmError
-from .options import FiniteRange
+from ..checks import MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX
+from ..errors import EdgesrmError
+from ..options import FiniteRange
 
 DEFAULT_SERVE_CTX = 8192  # tokens for all parallel sequences together (KV cells are shared)
 
@@ -88,8 +88,8 @@ def serve(model: str | None, host: str, port: int, parallel: int, n_ctx: int, th
     """
     import uvicorn
 
-    from .runtime import load
-    from .server import create_app
+    from ..runtime import load
+    from ..server import create_app
 
     if api_key is not None and not api_key.strip():
         raise EdgesrmError("the API key is empty", cli="--api-key (or EDGESRM_API_KEY) is empty")

@@ -1,0 +1,50 @@
+"""What several commands share: help texts, and how edgesrm's warnings and progress log are shown.
+
+Command modules import this, never ``edgesrm.cli`` itself (whose ``__init__`` imports them).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import click
+
+from ..errors import EdgesrmWarning
+
+MODEL_HELP = "GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
+
+STRATEGY_HELP = (
+    "How to reason: plain (your question as it is, the model's whole reply: for writing, chat, anything "
+    "without one right answer), direct (the final answer only, on one line, no reasoning), "
+    "cot (one chain of thought, then the answer), budget (thinking capped by "
+    "--budget-tokens/--deadline, extended with 'Wait'), sc (self-consistency over --n paths decoded in one "
+    "batch, with early stopping), plan (plan, then solve), reflect (draft, critique, revise), auto (chosen "
+    "from the budget and this machine's measured speed)."
+)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, EdgesrmWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
+class _EchoHandler(logging.Handler):
+    """Writes a log record as one line on the current stderr (click's, so tests see it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def show_progress_messages() -> None:
+    """edgesrm's INFO log (what long first-run work is doing: a speed measurement, a download)
+    goes to stderr as plain lines; the Python API leaves logging to the application."""
+    logger = logging.getLogger("edgesrm")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
