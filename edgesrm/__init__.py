@@ -9,7 +9,8 @@
 from .errors import EdgesrmError
 from .budget import Budget
 from .runtime import Runtime, load
+from .session import ChatSession
 from .strategies import Result
 
 __version__ = "0.1.0"
-__all__ = ["load", "Runtime", "Result", "Budget", "EdgesrmError", "__version__"]
+__all__ = ["load", "Runtime", "ChatSession", "Result", "Budget", "EdgesrmError", "__version__"]

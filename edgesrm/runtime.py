@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .budget import Budget, Deadline, plan_memory
 from .chat import ChatFormat
@@ -21,6 +21,9 @@ from .errors import EdgesrmError
 from .models import resolve_model, training_context
 from .strategies import STRATEGIES, Result, Task, auto, run_strategy
 from .strategies.base import StreamCallback
+
+if TYPE_CHECKING:
+    from .session import ChatSession
 
 DEFAULT_CTX = 4096
 RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt"})  # set by edgesrm itself
@@ -74,6 +77,13 @@ class Runtime:
     @property
     def model_path(self) -> Path:
         return self.engine.model_path
+
+    def chat_session(self, system: str | None = None, **ask_kwargs: Any) -> ChatSession:
+        """A conversation kept across turns: ``session.send(text) -> Result``; each turn reuses
+        the previous turn's KV cells through the prefix cache (see ``edgesrm.session``)."""
+        from .session import ChatSession
+
+        return ChatSession(self, system, **ask_kwargs)
 
     def start_scheduler(self, *, max_queue: int = 64) -> Scheduler:
         """Let calls from several threads run together: one decode thread steps every call's

@@ -200,3 +200,21 @@ def test_close_cancels_what_runs_after_the_grace(model_path):
     rt.close(grace_s=0.2)
     t.join(60)
     assert not t.is_alive() and len(errors) == 1 and isinstance(errors[0], Cancelled)
+
+
+def test_a_chat_session_keeps_the_conversation_and_its_cache(model_path):
+    rt = load(model_path, n_ctx=2048, max_sequences=2)
+    try:
+        session = rt.chat_session(system="You are terse.", max_tokens=16, seed=1)
+        first = session.send("My name is Ada.")
+        second = session.send("What is my name?")
+        assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+        assert session.messages[1]["content"] == first.answer
+        assert second.cached_tokens >= first.prompt_tokens - 1  # the first turn was not prefilled again
+        with pytest.raises(EdgesrmError, match="non-empty"):
+            session.send("   ")
+        assert len(session.messages) == 4  # a refused turn changes nothing
+        session.reset()
+        assert session.messages == [] and session.system == "You are terse."
+    finally:
+        rt.close()

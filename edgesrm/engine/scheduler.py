@@ -278,6 +278,8 @@ class Scheduler:
                 woken = self._step(stepping)
             with self._cv:
                 self._wake(woken)
+                if not woken and not stepping:  # only prompts waiting for KV cells: no busy loop
+                    self._cv.wait(0.05)
 
     def _wake(self, gens: list) -> None:
         """(under the condition) Let the threads of ``gens`` run again."""
@@ -329,6 +331,12 @@ class Scheduler:
         if not items:
             return woken + [p[0] for p in parts]
         status = engine._decode(items)
+        decoding = sum(len(p[2]) for p in parts)
+        if status == 1 and prefills and decoding:
+            # The KV cache is full even without cached prefixes: the running sequences go on, the
+            # new prompts wait for cells (rather than every request being cut for their sake).
+            prefills = []
+            status = engine._decode(items[:decoding])
         seconds = time.perf_counter() - started
         for gen, start, own, outputs, active in parts:
             try:

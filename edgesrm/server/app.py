@@ -120,8 +120,18 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
     cancelled. ``close_runtime``: free the model at shutdown (``edgesrm serve`` owns it).
     """
     scheduler = runtime.start_scheduler(max_queue=max_queue)
-    workers = ThreadPoolExecutor(max_workers=runtime.engine.config.max_sequences + max_queue + 4,
-                                 thread_name_prefix="edgesrm-request")
+    n_workers = runtime.engine.config.max_sequences + max_queue + 4
+    workers = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="edgesrm-request")
+    busy = [0]  # jobs submitted and not finished: beyond n_workers a request would wait unseen
+
+    def submit(loop: asyncio.AbstractEventLoop, job: Callable[[], object]) -> asyncio.Future:
+        if busy[0] >= n_workers:  # (the caller's cancel event stops any job it submitted before)
+            raise _refusal(QueueFull("every worker is busy: try again later"))
+        busy[0] += 1
+        future = loop.run_in_executor(workers, job)
+        future.add_done_callback(lambda _: busy.__setitem__(0, busy[0] - 1))
+        future.add_done_callback(_retrieve)  # a request cancelled after its client left ends in Cancelled: not an error to log
+        return future
     model = model_name or runtime.model_path.stem
     created = int(time.time())
     http_counts: dict[int, int] = {}
@@ -132,9 +142,12 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
     async def run(request: Request, jobs: list[Callable[[], object]], cancel: threading.Event) -> list:
         """Run ``jobs`` in worker threads; cancel them if the client goes away meanwhile."""
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(workers, job) for job in jobs]
-        for f in futures:
-            f.add_done_callback(_retrieve)
+        futures = []
+        try:
+            futures += [submit(loop, job) for job in jobs]
+        except _Refused:
+            cancel.set()
+            raise
         try:
             while True:
                 done, _ = await asyncio.wait(futures, timeout=0.25)
@@ -224,9 +237,12 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
                     put((i, "done", None))  # after its text: the queue keeps the order
             return run
 
-        futures = [loop.run_in_executor(workers, job(i)) for i in range(req.n)]
-        for f in futures:  # a request cancelled after its client left ends in Cancelled: not an error to log
-            f.add_done_callback(_retrieve)
+        futures = []
+        try:
+            futures += [submit(loop, job(i)) for i in range(req.n)]
+        except _Refused:
+            cancel.set()
+            raise
         try:
             first = await next_event(request, queue, cancel)
             if first[1] == "done":
