@@ -148,7 +148,7 @@ def server_command(name: str, port: int, args: argparse.Namespace) -> tuple[list
                "-ub", "512", "--no-repack", "--no-webui", "--fit", "off"]
         return cmd, env
     env["EDGESRM_CACHE_PROMPT"] = "0" if name == NO_REUSE else "1"
-    cmd = [sys.executable, "-m", "edgesrm.cli", "serve", "-m", str(args.model), "--host", HOST, "--port", str(port),
+    cmd = [sys.executable, "-m", "edgesrm", "serve", "-m", str(args.model), "--host", HOST, "--port", str(port),
            "--parallel", str(args.parallel), "--ctx", str(args.ctx), "--threads", str(args.threads)]
     return cmd, env
 
