@@ -216,6 +216,7 @@ def test_models_health_and_metrics(server):
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "deadline_ms": -1}).encode(), "deadline_ms"),
     (json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                  "strategy": "sc"}).encode(), "messages"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
 ])
 def test_bad_requests_get_400_in_openai_format(server, body, field):
     status, _, reply = server.http("POST", "/v1/chat/completions", body)
@@ -326,3 +327,32 @@ def test_serve_errors_are_one_line(model_path):
     lines = err.strip().splitlines()
     assert lines[0].startswith("warning: listening on 0.0.0.0 without an API key")
     assert lines[-1].startswith("error: cannot listen on 0.0.0.0") and len(lines) == 2
+
+
+def test_requests_cancelled_by_the_shutdown_get_503_not_499(model_path):
+    """A queued request and a running stream, when the server stops: 503 shutting_down (retry
+    elsewhere), not "the client closed the request" (the client did nothing)."""
+    rt = load(model_path, n_ctx=2048, max_sequences=1)
+    live = LiveServer(create_app(rt, max_queue=2))
+    try:
+        body = json.dumps({"messages": [{"role": "user", "content": "Tell me a very long story."}],
+                           "max_tokens": 1500, "temperature": 1.0, "seed": 1, "stream": True}).encode()
+        request = urllib.request.Request(live.url + "/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as running:
+            running.readline()
+            queued = ThreadPoolExecutor(1).submit(live.http, "POST", "/v1/chat/completions", json.dumps({
+                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode())
+            for _ in range(100):
+                if live.metrics()["edgesrm_requests_queued"] == 1:
+                    break
+                time.sleep(0.05)
+            live.app.state.scheduler.close(grace_s=0)
+            status, _, reply = queued.result(60)
+            rest = running.read().decode()
+        assert status == 503 and reply["error"]["code"] == "shutting_down"
+        assert '"shutting_down"' in rest and rest.rstrip().endswith("data: [DONE]")
+        assert live.metrics()["edgesrm_requests_cancelled_total"] == 2
+    finally:
+        live.stop()
+        rt.close()

@@ -132,6 +132,7 @@ class Scheduler:
                 while not req.admitted:
                     if req.cancelled or self._closing:
                         self._queue.remove(req)
+                        self.metrics.requests_cancelled += 1
                         self._cv.notify_all()
                         raise Cancelled("the request was cancelled while it waited")
                     self._cv.wait(0.1)

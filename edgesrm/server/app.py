@@ -85,7 +85,7 @@ async def _read_json(request: Request, limit: int) -> object:
             raise _Refused(413, openai.error_body(f"the request body is larger than {limit:,} bytes"))
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         raise _Refused(400, openai.error_body("the request body is not valid JSON")) from None
 
 
@@ -164,8 +164,14 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
             if f.exception() is not None and not isinstance(f.exception(), Cancelled):
                 raise _refusal(f.exception())
         if any(f.exception() is not None for f in futures):
-            raise _Refused(499, openai.error_body("the client closed the request"))
+            raise cancelled()
         return [f.result() for f in futures]
+
+    def cancelled() -> _Refused:
+        """A request cancelled by the server's shutdown (503, try again) or because its client left (499)."""
+        if scheduler._closing:
+            return _refusal(Cancelled("the request was cancelled"))
+        return _Refused(499, openai.error_body("the client closed the request"))
 
     def ask_job(req: openai.ChatRequest, i: int, cancel: threading.Event, on_text=None):
         def job():
@@ -181,13 +187,14 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
             return runtime.complete(req.prompt, **{**req.complete, "seed": seed}, on_text=on_text, cancel=cancel)
         return job
 
-    async def chat_completions(request: Request) -> Response:
+    async def answer(request: Request, parse, job, respond, *, chat: bool) -> Response:
+        """One OpenAI request: checked, run (streamed or not) and answered, or refused."""
         try:
-            req = openai.parse_chat(await _read_json(request, max_body_bytes))
+            req = parse(await _read_json(request, max_body_bytes))
             if req.stream:
-                return await stream(request, req, chat=True)
+                return await stream(request, req, chat=chat)
             cancel = threading.Event()
-            done = await run(request, [ask_job(req, i, cancel) for i in range(req.n)], cancel)
+            done = await run(request, [job(req, i, cancel) for i in range(req.n)], cancel)
         except openai.BadRequest as exc:
             count(400)
             return _json_error(_refusal(exc))
@@ -195,24 +202,15 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
             count(refused.status)
             return _json_error(refused)
         count(200)
-        results = [r for r, _ in done]
-        return JSONResponse(openai.chat_response(model, results, sum(t for _, t in done)))
+        return JSONResponse(respond(done))
+
+    async def chat_completions(request: Request) -> Response:
+        return await answer(request, openai.parse_chat, ask_job, chat=True, respond=lambda done: openai.chat_response(
+            model, [result for result, _ in done], sum(tokens for _, tokens in done)))
 
     async def completions(request: Request) -> Response:
-        try:
-            req = openai.parse_completion(await _read_json(request, max_body_bytes))
-            if req.stream:
-                return await stream(request, req, chat=False)
-            cancel = threading.Event()
-            done = await run(request, [complete_job(req, i, cancel) for i in range(req.n)], cancel)
-        except openai.BadRequest as exc:
-            count(400)
-            return _json_error(_refusal(exc))
-        except _Refused as refused:
-            count(refused.status)
-            return _json_error(refused)
-        count(200)
-        return JSONResponse(openai.completion_response(model, done))
+        return await answer(request, openai.parse_completion, complete_job, chat=False,
+                            respond=lambda done: openai.completion_response(model, done))
 
     async def stream(request: Request, req, *, chat: bool) -> Response:
         """Server-sent events. The status is sent with the first text, so that a request refused
@@ -250,8 +248,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
                 exc = futures[first[0]].exception()
                 if exc is not None:
                     cancel.set()
-                    raise _refusal(exc) if not isinstance(exc, Cancelled) else _Refused(
-                        499, openai.error_body("the client closed the request"))
+                    raise cancelled() if isinstance(exc, Cancelled) else _refusal(exc)
         except BaseException:
             cancel.set()
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 METRICS: dict[str, tuple[str, str, str]] = {
     "requests_total": ("edgesrm_requests_total", "counter", "Requests admitted to the engine."),
     "requests_rejected": ("edgesrm_requests_rejected_total", "counter", "Requests refused: queue full or shutting down."),
-    "requests_cancelled": ("edgesrm_requests_cancelled_total", "counter", "Requests whose client went away."),
+    "requests_cancelled": ("edgesrm_requests_cancelled_total", "counter", "Requests cancelled, running or queued: their client went away or the server shut down."),
     "requests_running": ("edgesrm_requests_running", "gauge", "Requests being decoded."),
     "requests_queued": ("edgesrm_requests_queued", "gauge", "Requests waiting for free sequences (queue depth)."),
     "sequences_busy": ("edgesrm_sequences_busy", "gauge", "Sequences reserved by running requests."),
