@@ -1,8 +1,9 @@
 """``edgesrm chat``: a conversation in the terminal, for laptops and Raspberry Pis.
 
 Each turn sends the whole conversation to the model's chat template (strategy ``plain``); the
-engine's prompt cache keeps the history's KV cells, so a turn prefills only what is new (the
-last reply and the new message). Thinking streams dimmed. Commands start with ``/``.
+engine's prefix cache keeps the last turn's prompt and reply in the KV cache, so a turn prefills
+only what is new (the new message, and whatever the template writes differently from the reply
+as it was generated). Thinking streams dimmed. Commands start with ``/``.
 """
 
 from __future__ import annotations
