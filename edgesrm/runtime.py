@@ -188,18 +188,6 @@ class Runtime:
         budget = budget or Budget()
         if not isinstance(strategy, str) or strategy not in STRATEGIES:
             raise EdgesrmError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        slots = min(n, self.engine.config.max_sequences) if strategy in ("sc", "auto") else 1
-        per_path = max_tokens if budget.max_tokens is None else max(1, min(max_tokens, budget.max_tokens // slots))
-        with self._request(slots, per_path, cancel):
-            return self._run(strategy, question, messages, n, budget, max_tokens, sampling, system, early_stop,
-                             weighted, waits, on_text, chat_template_kwargs, parse_special, stop,
-                             thinking_budget, cancel)
-
-    def _run(self, strategy, question, messages, n, budget, max_tokens, sampling, system, early_stop, weighted,
-             waits, on_text, chat_template_kwargs, parse_special, stop, thinking_budget, cancel) -> Result:
-        if strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
-            auto.prepare(self.engine, n)  # speed measured once, before the clock starts
-        deadline = Deadline(budget.deadline_s)  # the clock starts now, before the prompt
         if messages is None and not question.strip():
             raise EdgesrmError("the question is empty")
         if messages is not None and not messages:
@@ -213,11 +201,19 @@ class Runtime:
                                f"{', '.join(sorted(RESERVED_TEMPLATE_VARIABLES))}) to values")
         task = Task(
             engine=self.engine, chat=chat, question=question, sampling=sampling, budget=budget, n=n,
-            max_tokens=max_tokens, system=system, on_text=on_text, deadline=deadline, early_stop=early_stop,
-            weighted=weighted, waits=waits, template_kwargs=dict(chat_template_kwargs or {}), messages=messages,
-            stop=stop, thinking_budget=thinking_budget, cancel=cancel,
+            max_tokens=max_tokens, system=system, on_text=on_text, early_stop=early_stop, weighted=weighted,
+            waits=waits, template_kwargs=dict(chat_template_kwargs or {}), messages=messages, stop=stop,
+            thinking_budget=thinking_budget, cancel=cancel,
+            deadline=Deadline(budget.deadline_s),  # the clock starts at the call: time queued counts
         )
-        result = run_strategy(strategy, task)
+        slots = min(n, self.engine.config.max_sequences) if strategy in ("sc", "auto") else 1
+        per_path = max_tokens if budget.max_tokens is None else max(1, min(max_tokens, budget.max_tokens // slots))
+        with self._request(slots, per_path, cancel):
+            if strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
+                measuring = time.perf_counter()
+                auto.prepare(self.engine, n)  # speed measured once per model and machine, not charged to the deadline
+                task.deadline.start += time.perf_counter() - measuring
+            result = run_strategy(strategy, task)
         result.notes[:0] = getattr(self, "memory_notes", [])  # what the memory plan gave up (load)
         if budget.memory_mb is not None:
             result.notes.append("a memory budget is planned when the model is loaded (edgesrm.load(memory_mb=...), "

@@ -21,9 +21,9 @@ def rt(model_path):
     runtime.close()
 
 
-def free_ids(engine) -> int:
-    """Sequence ids neither free nor held by the prefix cache: held by live generations."""
-    return engine.n_seq_max - len(engine._seq_ids) - len(engine.prefix_cache.entries)
+def held_ids(rt) -> int:
+    """Sequence ids held by live generations (neither free nor in the prefix cache)."""
+    return rt.scheduler.snapshot()["sequence_ids_held"]
 
 
 def run_threads(*jobs):
@@ -55,13 +55,12 @@ def test_requests_share_decode_steps(rt):
     tokens = sum(r.completion_tokens + r.forced_tokens for r in results)
     assert all(r.completion_tokens > 0 for r in results)
     assert steps < tokens  # alone, each token of each request would be one step of its own
-    assert free_ids(rt.engine) == 0  # every sequence id came back (or went to the prefix cache)
+    assert held_ids(rt) == 0  # every sequence id came back (or went to the prefix cache)
     assert rt.scheduler.snapshot()["kv_cells_reserved"] == 0
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(model_path):
     rt = load(model_path, n_ctx=4096, max_sequences=4)
-    rt.engine.config  # (n_batch is 512: a prompt of ~1,500 tokens takes three steps' worth)
     rt.start_scheduler()
     try:
         long_question = "Summarize: " + " ".join(f"line {i} of a long report." for i in range(250))
@@ -116,7 +115,7 @@ def test_cancel_drops_the_sequences_and_frees_their_cells(rt):
     )
     assert len(errors) == 1 and isinstance(errors[0], Cancelled)
     assert other["r"].completion_tokens > 0  # the other request was not harmed
-    assert free_ids(rt.engine) == 0
+    assert held_ids(rt) == 0
     assert rt.scheduler.metrics.requests_cancelled == 1
     assert len(seen) < 20  # dropped within a step or two of the cancel
 
@@ -131,7 +130,7 @@ def test_an_error_in_one_request_leaves_the_others_running(rt):
     )
     assert len(errors) == 1 and "broken callback" in str(errors[0])
     assert [r for r in results if r is not None][0].completion_tokens > 0
-    assert free_ids(rt.engine) == 0
+    assert held_ids(rt) == 0
 
 
 def test_a_full_queue_refuses_at_once(model_path):
@@ -216,5 +215,30 @@ def test_a_chat_session_keeps_the_conversation_and_its_cache(model_path):
         assert len(session.messages) == 4  # a refused turn changes nothing
         session.reset()
         assert session.messages == [] and session.system == "You are terse."
+    finally:
+        rt.close()
+
+
+def test_a_deadline_counts_the_time_spent_waiting_in_the_queue(model_path):
+    """The answer arrives within the deadline from the call, queued or not."""
+    from edgesrm import Budget
+
+    rt = load(model_path, n_ctx=2048, max_sequences=1)
+    rt.start_scheduler(max_queue=2)
+    try:
+        started, timed = threading.Event(), {}
+
+        def queued():
+            started.wait(60)
+            t = time.perf_counter()
+            result = rt.ask("Say hi.", strategy="plain", max_tokens=4, budget=Budget(deadline_s=120), seed=2)
+            timed.update(wall=time.perf_counter() - t, result=result)
+
+        results, errors = run_threads(
+            lambda: rt.ask("Tell me a very long story.", strategy="plain", max_tokens=200, temperature=1.0, seed=1,
+                           on_text=lambda k, t: started.set()), queued)
+        assert not errors, errors
+        assert timed["wall"] > 0.3  # it waited for the first request's sequence
+        assert timed["result"].total_s >= 0.9 * timed["wall"]
     finally:
         rt.close()

@@ -79,11 +79,6 @@ def server(runtime):
     live.stop()
 
 
-def held_sequences(runtime) -> int:
-    engine = runtime.engine
-    return engine.n_seq_max - len(engine._seq_ids) - len(engine.prefix_cache.entries)
-
-
 def test_chat_completion(server):
     reply = server.client().chat.completions.create(
         model="anything", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16, seed=1)
@@ -127,7 +122,7 @@ def test_reasoning_content_and_votes_in_a_sc_reply(server):
     assert reply.choices[0].message.model_extra.get("reasoning_content")
 
 
-def test_concurrent_clients_share_decode_steps(server, runtime):
+def test_concurrent_clients_share_decode_steps(server):
     before = server.metrics()
     client = server.client()
 
@@ -143,7 +138,7 @@ def test_concurrent_clients_share_decode_steps(server, runtime):
     steps = after["edgesrm_decode_steps_total"] - before["edgesrm_decode_steps_total"]
     assert all(r.choices[0].message.content for r in replies)
     assert steps < tokens / 2  # one request at a time would take a step per token
-    assert held_sequences(runtime) == 0
+    assert server.metrics()["edgesrm_sequence_ids_held"] == 0
     assert after["edgesrm_requests_running"] == 0 and after["edgesrm_kv_cells_reserved"] == 0
 
 
@@ -158,7 +153,7 @@ def test_the_second_turn_reports_cached_tokens(server):
     assert cached >= first.usage.prompt_tokens - 1 and cached < second.usage.prompt_tokens
 
 
-def test_a_client_that_disconnects_frees_its_sequences(server, runtime):
+def test_a_client_that_disconnects_frees_its_sequences(server):
     before = server.metrics()
     client = server.client()
     stream = client.chat.completions.create(
@@ -175,7 +170,7 @@ def test_a_client_that_disconnects_frees_its_sequences(server, runtime):
         time.sleep(0.05)
     assert now["edgesrm_requests_cancelled_total"] == before["edgesrm_requests_cancelled_total"] + 1
     assert now["edgesrm_requests_running"] == 0 and now["edgesrm_sequences_busy"] == 0
-    assert held_sequences(runtime) == 0
+    assert server.metrics()["edgesrm_sequence_ids_held"] == 0
     assert now["edgesrm_tokens_generated_total"] - before["edgesrm_tokens_generated_total"] < 200
 
 
@@ -261,15 +256,20 @@ def test_api_key(runtime):
         live.stop()
 
 
+def long_stream(live: LiveServer, max_tokens: int):
+    """A streamed story request, open (read it like a file)."""
+    body = json.dumps({"messages": [{"role": "user", "content": "Tell me a very long story."}],
+                       "max_tokens": max_tokens, "temperature": 1.0, "seed": 1, "stream": True}).encode()
+    request = urllib.request.Request(live.url + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=120)
+
+
 def test_queue_full_gets_503_with_retry_after(model_path):
     rt = load(model_path, n_ctx=2048, max_sequences=1)
     live = LiveServer(create_app(rt, max_queue=0))
     try:
-        body = json.dumps({"messages": [{"role": "user", "content": "Tell me a long story."}],
-                           "max_tokens": 200, "temperature": 1.0, "seed": 1, "stream": True}).encode()
-        request = urllib.request.Request(live.url + "/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as running:
+        with long_stream(live, max_tokens=200) as running:
             running.readline()  # it is decoding
             status, headers, reply = live.http("POST", "/v1/chat/completions", json.dumps({
                 "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode())
@@ -335,11 +335,7 @@ def test_requests_cancelled_by_the_shutdown_get_503_not_499(model_path):
     rt = load(model_path, n_ctx=2048, max_sequences=1)
     live = LiveServer(create_app(rt, max_queue=2))
     try:
-        body = json.dumps({"messages": [{"role": "user", "content": "Tell me a very long story."}],
-                           "max_tokens": 1500, "temperature": 1.0, "seed": 1, "stream": True}).encode()
-        request = urllib.request.Request(live.url + "/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as running:
+        with long_stream(live, max_tokens=1500) as running:
             running.readline()
             queued = ThreadPoolExecutor(1).submit(live.http, "POST", "/v1/chat/completions", json.dumps({
                 "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode())

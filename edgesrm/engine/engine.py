@@ -197,6 +197,10 @@ class Engine:
         self.n_batch = llama.llama_n_batch(self._ctx)
         self.n_threads = threads
         self._memory = llama.llama_get_memory(self._ctx)
+        # A recurrent or hybrid model's state cannot be cut at a position, so a prefix of it cannot
+        # be copied: such models prefill every prompt in full.
+        self.cache_prompt = self.config.cache_prompt and not (
+            llama.llama_model_is_recurrent(self._model) or llama.llama_model_is_hybrid(self._model))
         self._batch = llama.llama_batch_init(self.n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._control_tokens: tuple[str, ...] | None = None
@@ -386,11 +390,6 @@ class Engine:
         self._free_seq(seq_id)
         return True
 
-    def clear_prefix_cache(self) -> None:
-        """Free every cached prefix's KV cells (a new prompt then prefills in full)."""
-        while self._evict():
-            pass
-
     # Class defaults, so that they exist however far __init__ got.
     _closed = False
     _n_decodes = 0  # llama_decode calls so far: logits read after a later one are stale
@@ -521,7 +520,7 @@ class Generation:
         """Copy the longest cached prefix of the prompt (all but its last token, whose logits
         the first step needs) into the prompt's sequence; how many tokens that saves."""
         engine = self.engine
-        if not engine.config.cache_prompt:
+        if not engine.cache_prompt:
             return 0
         entry, n = engine.prefix_cache.longest(self.prompt_tokens[:-1])
         if entry is None or n == 0:
@@ -815,7 +814,7 @@ class Generation:
         if engine._closed or getattr(self, "_root", None) is None:
             return
         keep_id, keep_tokens = None, None
-        if engine.config.cache_prompt and self.prefilled:
+        if engine.cache_prompt and self.prefilled:
             kept = self._kept
             if kept is not None and kept._pos > len(self.prompt_tokens):
                 keep_id, keep_tokens = kept.seq_id, (self.prompt_tokens + kept.tokens)[: kept._pos]
@@ -973,7 +972,7 @@ class Generation:
             free_chain(seq._chain)
             seq._chain = None
         if not self._closed:  # (a closed generation has freed its cells)
-            if self.engine.config.cache_prompt and len(self.sequences) == 1:
+            if self.engine.cache_prompt and len(self.sequences) == 1:
                 self._kept = seq  # its reply's cells stay until close, for the prefix cache
             else:
                 self._held.discard(seq.seq_id)

@@ -50,7 +50,6 @@ class Request:
     max_tokens: int  # tokens each sequence may generate (for the KV cells it reserves)
     cancel: threading.Event = field(default_factory=threading.Event)
     admitted: bool = False
-    queued_at: float = field(default_factory=time.perf_counter)
     generations: list = field(default_factory=list)
 
     @property
@@ -96,6 +95,7 @@ class Scheduler:
         self._prefilling: list = []  # generations whose prompt is being decoded
         self._parked: list = []  # generations waiting for the next step
         self._cells: dict = {}  # generation -> KV cells reserved
+        self._owner: dict = {}  # generation -> the Request that started it
         self._done: set = set()  # generations whose step (or prefill) is over
         self._errors: dict = {}  # generation -> exception raised in its part of a step
         self._closing = False
@@ -150,6 +150,7 @@ class Scheduler:
                 with self._cv:
                     for gen in req.generations:
                         self._cells.pop(gen, None)
+                        self._owner.pop(gen, None)
                     self._live.remove(req)
                     self._running -= 1
                     self._slots_used -= req.slots
@@ -168,6 +169,7 @@ class Scheduler:
         """Park until ``gen``'s prompt is decoded (by the decode thread, in chunks)."""
         req = self._current()
         req.generations.append(gen)
+        self._owner[gen] = req
         n_ctx = self.engine.n_ctx
         cells = min(n_ctx, len(gen.prompt_tokens) - gen._prefilled + req.slots * req.max_tokens)
         self._park(gen, lambda: (self._cells.__setitem__(gen, cells), self._prefilling.append(gen)))
@@ -217,7 +219,8 @@ class Scheduler:
                 "prefix_cache_hits": cache.hits,
                 "prefix_cache_misses": cache.misses,
                 "prefix_cache_reused_tokens": cache.reused_tokens,
-                **{k: v for k, v in vars(self.metrics).items()},
+                "sequence_ids_held": self.engine.n_seq_max - len(self.engine._seq_ids) - len(cache.entries),
+                **vars(self.metrics),
             }
 
     # -- internals -------------------------------------------------------------------------
@@ -297,9 +300,8 @@ class Scheduler:
         parts = []  # (gen, its items' start, its items, outputs, active)
         woken = []
         for gen in stepping:
-            req_cancelled = any(gen in r.generations and r.cancelled for r in self._live)
             try:
-                if req_cancelled:
+                if self._owner[gen].cancelled:
                     raise Cancelled("the request was cancelled")
                 gen._sample_prompt_logits()
                 if gen._closed:
@@ -318,13 +320,13 @@ class Scheduler:
             room = engine.n_batch - len(items)
             if room <= 0:
                 break
-            if any(gen in r.generations and r.cancelled for r in self._live):
+            if self._owner[gen].cancelled:
                 with self._cv:
                     self._prefilling.remove(gen)
                 self._errors[gen] = Cancelled("the request was cancelled")
                 woken.append(gen)
                 continue
-            if gen._prefilled == gen.timings.cached_tokens and not self._cells_allow(gen):
+            if not _started(gen) and not self._cells_allow(gen):
                 continue  # its KV cells are not free yet: it waits (others may fit)
             own = gen._prefill_items(room)
             prefills.append((gen, len(items), own))
@@ -374,7 +376,10 @@ class Scheduler:
     def _cells_allow(self, gen) -> bool:
         """Whether the KV cells ``gen`` reserves are free (it starts its prefill then)."""
         with self._cv:
-            others = sum(c for g, c in self._cells.items() if g is not gen and g.prefilled and not g._closed)
-            others += sum(c for g, c in self._cells.items()
-                          if g is not gen and not g.prefilled and g._prefilled > g.timings.cached_tokens)
+            others = sum(c for g, c in self._cells.items() if g is not gen and not g._closed and _started(g))
             return others == 0 or others + self._cells[gen] <= self.engine.n_ctx
+
+
+def _started(gen) -> bool:
+    """Whether ``gen`` has begun decoding its prompt (its reserved cells are then in use)."""
+    return gen.prefilled or gen._prefilled > gen.timings.cached_tokens

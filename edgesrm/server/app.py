@@ -175,7 +175,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
 
     def ask_job(req: openai.ChatRequest, i: int, cancel: threading.Event, on_text=None):
         def job():
-            seed = req.seed if req.seed is None else (req.seed + i) % (2**32 - 1)
+            seed = openai.choice_seed(req.seed, i)
             result = runtime.ask(**{**req.ask, "seed": seed}, on_text=on_text, cancel=cancel)
             reasoning_tokens = len(runtime.engine.tokenize(result.reasoning)) if result.reasoning else 0
             return result, reasoning_tokens
@@ -183,7 +183,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None, cors: list[str] 
 
     def complete_job(req: openai.CompletionRequest, i: int, cancel: threading.Event, on_text=None):
         def job():
-            seed = req.seed if req.seed is None else (req.seed + i) % (2**32 - 1)
+            seed = openai.choice_seed(req.seed, i)
             return runtime.complete(req.prompt, **{**req.complete, "seed": seed}, on_text=on_text, cancel=cancel)
         return job
 

@@ -14,6 +14,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "requests_running": ("edgesrm_requests_running", "gauge", "Requests being decoded."),
     "requests_queued": ("edgesrm_requests_queued", "gauge", "Requests waiting for free sequences (queue depth)."),
     "sequences_busy": ("edgesrm_sequences_busy", "gauge", "Sequences reserved by running requests."),
+    "sequence_ids_held": ("edgesrm_sequence_ids_held", "gauge", "llama.cpp sequence ids held by running requests (0 when idle: nothing leaked)."),
     "sequences_max": ("edgesrm_sequences_max", "gauge", "Sequences the engine decodes at once (--parallel)."),
     "kv_cells_reserved": ("edgesrm_kv_cells_reserved", "gauge", "KV cache cells reserved by running requests."),
     "kv_cells_max": ("edgesrm_kv_cells_max", "gauge", "KV cache cells in all (the context size)."),

@@ -220,6 +220,11 @@ def parse_completion(body: Any) -> CompletionRequest:
                              seed=complete["seed"])
 
 
+def choice_seed(seed: int | None, i: int) -> int | None:
+    """The seed of choice ``i`` of ``n``: distinct and reproducible (``None``: random)."""
+    return None if seed is None else (seed + i) % (2**32 - 1)
+
+
 def finish_reason(reason: str) -> str:
     """An engine or strategy finish reason as OpenAI's: ``stop`` or ``length``."""
     return "length" if reason in (LENGTH, CONTEXT, "deadline", "pruned", "dropped", "") else "stop"
