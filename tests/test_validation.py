@@ -155,7 +155,9 @@ REQUIRED_ARGS = {"ask": ["What is 1 + 1?"], "quantize": ["in.gguf", "out.gguf", 
 def numeric_options():
     """Every numeric option of every command, found by looking (so a new one is covered too)."""
     found = []
-    for name, command in sorted(cli.commands.items()):
+    ctx = click.Context(cli)
+    for name in sorted(cli.list_commands(ctx)):
+        command = cli.get_command(ctx, name)
         for param in command.params:
             if isinstance(param, click.Option) and isinstance(param.type, (click.types.IntParamType,
                                                                             click.types.FloatParamType)):

@@ -1,12 +1,15 @@
 """The ``edgesrm`` command line: the root group ``cli``, its error handling and ``main()``.
 
-Each command lives in a module of its own (ask, eval, info, doctor, chat, serve; convert holds
-convert and quantize) and is added to the group here. Command modules never import this
-``__init__``: what they share is in ``common.py`` and ``edgesrm.options``.
+Each command lives in a module of its own (ask, eval, info, doctor, chat, serve, pull, store
+(list, show, rm); convert holds convert and quantize), imported only when that command runs
+(``COMMANDS``): ``edgesrm ask`` does not pay for the converter's or the server's imports.
+Command modules never import this ``__init__``: what they share is in ``common.py`` and
+``edgesrm.options``.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 
@@ -14,13 +17,38 @@ import click
 
 from .. import __version__
 from ..errors import EdgesrmError
-from . import ask, chat, convert, doctor, eval, info, serve  # eval: the module of `edgesrm eval`
 from .common import show_progress_messages, show_warning
+
+# Command name -> (module in edgesrm.cli, attribute). eval: the module of `edgesrm eval`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ask": ("ask", "ask"),
+    "chat": ("chat", "chat"),
+    "serve": ("serve", "serve"),
+    "eval": ("eval", "evaluate_command"),
+    "pull": ("pull", "pull"),
+    "list": ("store", "list_models"),
+    "show": ("store", "show"),
+    "rm": ("store", "rm"),
+    "info": ("info", "info"),
+    "doctor": ("doctor", "doctor"),
+    "convert": ("convert", "convert"),
+    "quantize": ("convert", "quantize"),
+}
 
 
 class Cli(click.Group):
     """Turns user errors into one ``error: ...`` line and exit code 1, never a traceback;
-    prints edgesrm's warnings as one ``warning: ...`` line each."""
+    prints edgesrm's warnings as one ``warning: ...`` line each. Commands are imported when
+    used (``COMMANDS``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
 
     def invoke(self, ctx: click.Context):
         warnings.showwarning = show_warning
@@ -48,15 +76,6 @@ def cli() -> None:
       edgesrm doctor
     """
 
-
-cli.add_command(ask.ask)
-cli.add_command(eval.evaluate_command)
-cli.add_command(info.info)
-cli.add_command(doctor.doctor)
-cli.add_command(chat.chat)
-cli.add_command(serve.serve)
-cli.add_command(convert.convert)
-cli.add_command(convert.quantize)
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2

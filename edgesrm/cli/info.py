@@ -11,7 +11,7 @@ import click
 @click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(model: str | None, as_json: bool) -> None:
-    """Describe a GGUF model file (default: the embedded model) without loading it: architecture,
+    """Describe a GGUF model (a file or a store name; default: the embedded model) without loading it: architecture,
     parameters, quantization, size, context length, chat template and what it accepts (system
     role, thinking switch).
 
@@ -19,6 +19,7 @@ def info(model: str | None, as_json: bool) -> None:
     Examples:
       edgesrm info
       edgesrm info path/to/model.gguf
+      edgesrm info qwen3-0.6b:q4_k_m
       edgesrm info --json path/to/model.gguf
     """
     from ..info import model_info
@@ -27,6 +28,11 @@ def info(model: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(mi.to_dict()))
         return
+    echo_rows(info_rows(mi))
+
+
+def info_rows(mi) -> list[tuple[str, str]]:
+    """``edgesrm info``'s lines for a ``ModelInfo`` (``show`` prints them too)."""
     rows = [
         ("file", mi.path),
         ("name", mi.name),
@@ -47,5 +53,9 @@ def info(model: str | None, as_json: bool) -> None:
             ("turns", "strictly alternating user/assistant" if mi.alternating_roles else "any order"),
             ("past reasoning", "kept in the prompt" if mi.reasoning_in_history else "dropped by the template"),
         ]
+    return rows
+
+
+def echo_rows(rows: list[tuple[str, str]]) -> None:
     for key, value in rows:
         click.echo(f"{key:<15} {value}")

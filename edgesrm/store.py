@@ -1,0 +1,242 @@
+"""The local model store: a small index of the models on this machine, by name.
+
+``edgesrm pull`` adds to it, ``edgesrm list``/``show``/``rm`` read and change it, and every
+``--model`` option takes a store name as well as a path (``resolve_name``).
+
+Where things live (``store_home()``): ``$EDGESRM_HOME``, else the platform's data directory
+(``~/.local/share/edgesrm`` on Linux, ``~/Library/Application Support/edgesrm`` on macOS,
+``%LOCALAPPDATA%\\edgesrm`` on Windows; found with platformdirs, the library pip and tox use):
+
+- ``index.json``: one entry per name (``StoreEntry``), rewritten whole and atomically under a
+  file lock (filelock, which huggingface-hub already depends on), so two pulls at once cannot
+  lose each other's entry and a crash never leaves half an index.
+- ``models/``: the GGUF files edgesrm made (a checkpoint converted on pull, a copied file).
+
+Files pulled from the Hub stay in Hugging Face's standard cache, where other tools find them
+too; the index points at them. ``rm`` deletes only what edgesrm created (``owned``): never a
+user's own file, and never a cached file another entry still uses.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import EdgesrmError
+
+HOME_ENV = "EDGESRM_HOME"
+INDEX_VERSION = 1
+
+
+def store_home() -> Path:
+    """The store's directory (not created here)."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("edgesrm", appauthor=False))
+
+
+@dataclass
+class StoreEntry:
+    """One model in the store.
+
+    ``path`` is the file to load (a split model's first part); ``files`` all its files.
+    ``size`` is bytes, all files together; ``sha256`` the first file's (Hub: its LFS oid).
+    ``source`` says where it came from: ``hf://REPO`` (a GGUF repo), ``hf://REPO (converted)``,
+    or ``file`` (a local file registered or copied). ``owned``: edgesrm created the files, so
+    ``rm`` may delete them.
+    """
+
+    name: str
+    path: str
+    size: int
+    source: str
+    quant: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+    files: list[str] = field(default_factory=list)
+    sha256: str | None = None
+    license: str | None = None
+    added: str = ""
+    owned: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StoreEntry:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ModelStore:
+    """The index at ``home/index.json``. Reads never lock; changes hold ``index.lock``."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = store_home() if home is None else Path(home)
+        self.index_path = self.home / "index.json"
+        self.models_dir = self.home / "models"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def entries(self) -> list[StoreEntry]:
+        """Every entry, by name."""
+        if not self.index_path.is_file():
+            return []
+        try:
+            data = json.loads(self.index_path.read_text(encoding="utf-8"))
+            models = data["models"]
+            return sorted((StoreEntry.from_dict(m) for m in models), key=lambda e: e.name)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EdgesrmError(f"the model store's index {self.index_path} is unreadable ({exc}); "
+                               f"move it away and pull the models again") from None
+
+    def get(self, name: str) -> StoreEntry | None:
+        """The entry called ``name``, or the only one whose name without ``:tag`` is ``name``."""
+        entries = self.entries()
+        for entry in entries:
+            if entry.name == name:
+                return entry
+        if ":" not in name:
+            tagged = [e for e in entries if e.name.split(":", 1)[0] == name]
+            if len(tagged) == 1:
+                return tagged[0]
+            if tagged:
+                raise EdgesrmError(f"{name!r} names several models in the store: "
+                                   f"{', '.join(e.name for e in tagged)}; give the whole name")
+        return None
+
+    def require(self, name: str) -> StoreEntry:
+        """``get(name)``, or an error that lists close names."""
+        entry = self.get(name)
+        if entry is None:
+            raise EdgesrmError(self.not_found(name))
+        return entry
+
+    def not_found(self, name: str) -> str:
+        names = [e.name for e in self.entries()]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        close += [n for n in names if name.lower() in n.lower() and n not in close][: 3 - len(close)]
+        if close:
+            hint = f"did you mean {', '.join(close)}?"
+        elif names:
+            hint = f"the store has {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+        else:
+            hint = "the store is empty: fetch a model with `edgesrm pull`"
+        return f"no model called {name!r} in the store ({self.home}); {hint}"
+
+    # -- changing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[list[StoreEntry]]:
+        """The entries, under the lock; what the block leaves in the list is written back."""
+        from filelock import FileLock
+
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgesrmError(f"cannot create the model store {self.home} ({exc.strerror}); "
+                               f"set {HOME_ENV} to a writable directory") from None
+        with FileLock(str(self.home / "index.lock"), timeout=60):
+            entries = self.entries()
+            yield entries
+            payload = {"version": INDEX_VERSION, "models": [e.to_dict() for e in entries]}
+            tmp = self.index_path.with_name(f".index.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+                os.replace(tmp, self.index_path)
+            except OSError as exc:
+                raise EdgesrmError(f"cannot write the model store's index {self.index_path} "
+                                   f"({exc.strerror or exc})") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def add(self, entry: StoreEntry, *, replace: bool = False) -> StoreEntry:
+        """Record ``entry``; a name already taken is an error unless ``replace``."""
+        check_name(entry.name)
+        entry.added = entry.added or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._locked() as entries:
+            old = next((e for e in entries if e.name == entry.name), None)
+            if old is not None:
+                if not replace and not _same_model(old, entry):
+                    raise EdgesrmError(f"the store already has a model called {entry.name!r} ({old.path}); "
+                                       "choose another name or remove it first",
+                                       cli=f"the store already has a model called {entry.name!r} ({old.path}); "
+                                           f"choose another --name or `edgesrm rm {entry.name}` first")
+                entries.remove(old)
+            entries.append(entry)
+        return entry
+
+    def remove(self, name: str) -> tuple[StoreEntry, list[Path]]:
+        """Forget ``name`` and delete the files edgesrm created for it that no other entry uses.
+        Returns the entry and the files deleted (a Hugging Face cache's blobs, not their links)."""
+        with self._locked() as entries:
+            entry = next((e for e in entries if e.name == name), None)
+            if entry is None:
+                entry = self.get(name)  # a name without its tag
+                entry = next((e for e in entries if entry is not None and e.name == entry.name), None)
+            if entry is None:
+                raise EdgesrmError(self.not_found(name))
+            entries.remove(entry)
+            deleted: list[Path] = []
+            if entry.owned:
+                mine = {_real(f) for f in entry.files or [entry.path]}
+                for other in entries:  # entries that share the files inherit them
+                    if mine & {_real(f) for f in other.files or [other.path]}:
+                        other.owned = True
+                used = {_real(f) for e in entries for f in (e.files or [e.path])}
+                for file in entry.files or [entry.path]:
+                    deleted += _delete_file(Path(file), used)
+        return entry, deleted
+
+
+def check_name(name: str) -> None:
+    """A store name: letters, digits and ``._-``, an optional ``:tag``, no path separators."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*(:[\w.\-]+)?", name) or len(name) > 200:
+        raise EdgesrmError(f"{name!r} is not a valid model name: use letters, digits, '.', '_', '-' and an "
+                           "optional ':tag' (like qwen3-0.6b:q4_k_m)")
+
+
+def _same_model(a: StoreEntry, b: StoreEntry) -> bool:
+    return _real(a.path) == _real(b.path)
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _delete_file(path: Path, used: set[str]) -> list[Path]:
+    """Delete ``path`` unless another entry uses the file it points to. A link into
+    huggingface-hub's cache (snapshots/REV/FILE -> ../../blobs/SHA) goes with its blob, unless
+    another snapshot of that repo still links to the blob."""
+    deleted = []
+    real = Path(_real(str(path)))
+    if str(real) in used:
+        return deleted
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+        repo_dir = real.parent.parent  # .../models--org--name (real is .../blobs/SHA)
+        snapshots = repo_dir / "snapshots"
+        if real.parent.name == "blobs" and snapshots.is_dir():
+            for link in snapshots.rglob("*"):
+                if link.is_symlink() and _real(str(link)) == str(real):
+                    return deleted  # another revision of the repo still has it
+    if real.is_file():
+        real.unlink()
+        deleted.append(real)
+    return deleted
+
+
+def resolve_name(model: str) -> Path | None:
+    """The path of the store entry called ``model``, or None when no such name exists."""
+    entry = ModelStore().get(model)
+    return Path(entry.path) if entry is not None else None
