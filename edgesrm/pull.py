@@ -39,6 +39,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import EdgesrmError
+from .hub import REPO_ID, HubSettings
 from .models import check_complete, check_gguf, read_header
 from .store import ModelStore, StoreEntry, check_name
 
@@ -50,25 +51,6 @@ SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 QUANT_IN_NAME = re.compile(r"(?<![A-Z0-9])(I?Q\d(?:_[A-Z0-9]{1,2})*|BF16|F16|F32|TQ\d_\d|MXFP4(?:_MOE)?)(?![A-Z0-9])")
 DISK_MARGIN = 64 << 20  # bytes kept free beyond what a download needs
 ATTEMPTS = 3  # downloads tried before giving up (huggingface-hub also retries within one)
-
-
-@dataclass(frozen=True)
-class HubSettings:
-    """huggingface-hub's settings, read from the environment when ``pull`` runs."""
-
-    endpoint: str
-    cache_dir: Path
-    token: str | None
-    offline: bool
-
-    @classmethod
-    def from_env(cls) -> HubSettings:
-        env = os.environ
-        endpoint = (env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
-        cache = Path(env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or home / "hub").expanduser()
-        offline = env.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-        return cls(endpoint, cache, env.get("HF_TOKEN") or None, offline)
 
 
 @dataclass(frozen=True)
@@ -181,8 +163,6 @@ def pull(ref: str, *, name: str | None = None, quant: str | None = None, revisio
         hint = f" (known names: {', '.join(close)})" if close else " (see `edgesrm pull --help` for known names)"
         raise EdgesrmError(f"{ref!r} is neither a local .gguf file, a Hugging Face repo id (user/repo) nor a "
                            f"known model name{hint}")
-    from .convert.source import REPO_ID
-
     if not REPO_ID.match(repo):
         raise EdgesrmError(f"{repo!r} is not a Hugging Face repo id (like unsloth/Qwen3-0.6B-GGUF)")
     settings = HubSettings.from_env()

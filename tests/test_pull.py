@@ -318,3 +318,20 @@ def test_bad_store_index_is_one_error(env):
     assert result.exit_code == 1 and "unreadable" in result.output
     with pytest.raises(EdgesrmError):
         ModelStore().entries()
+
+
+def test_a_transformers_checkpoint_is_converted_on_pull(env, hub, tmp_path):  # noqa: F811
+    from convert_support import checkpoints
+
+    ckpt = checkpoints.tiny_checkpoint(tmp_path / "ckpt", "llama", num_hidden_layers=1)
+    files = {p.name: p for p in ckpt.iterdir() if p.is_file()}
+    files["consolidated.pth"] = b"weights in another format, which the converter must not download"
+    hub.add_repo("org/tiny-llama", files, license="mit")
+    entry = pull("org/tiny-llama", quant="Q8_0")
+    assert (entry.name, entry.quant, entry.source, entry.owned) == ("tiny-llama:q8_0", "Q8_0",
+                                                                    "hf://org/tiny-llama (converted)", True)
+    assert Path(entry.path).parent == env / "store" / "models" and entry.license == "mit"
+    assert not any(p.endswith("consolidated.pth") for _, p, _ in hub.requests)
+    out = run("info", "tiny-llama")
+    assert out.exit_code == 0 and "Q8_0" in out.output, out.output
+    assert "deleted 1 file" in run("rm", "tiny-llama").output and not Path(entry.path).exists()

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from ..errors import EdgesrmError
+from ..hub import REPO_ID, HubSettings
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 METADATA_FILES = [
     "config.json", "generation_config.json", "model.safetensors.index.json",
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -50,9 +49,7 @@ def resolve_source(src: str, revision: str | None = None) -> tuple[Path, str]:
 
 
 def offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return HubSettings.from_env().offline
 
 
 def download(repo_id: str, revision: str | None) -> Path:
@@ -82,9 +79,10 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     )
 
     where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
+    hub = HubSettings.from_env()
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
-                                      local_files_only=offline()))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=hub.offline,
+                                      endpoint=hub.endpoint, cache_dir=hub.cache_dir, token=hub.token))
     except GatedRepoError:
         raise EdgesrmError(f"{repo_id} is gated: accept its license on huggingface.co and log in "
                            "(`hf auth login` or HF_TOKEN)") from None
