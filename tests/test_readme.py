@@ -14,6 +14,7 @@ Slow (a couple of minutes): skip with ``pytest -m "not readme"``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -41,6 +42,10 @@ NOT_RUN = {
     "edgesrm convert HuggingFaceTB/": "downloads from the Hugging Face Hub (no Hub access in tests)",
     'convert("deepseek-ai/': "downloads from the Hugging Face Hub (no Hub access in tests)",
     "python native/build_llama_cpp.py  ": "rebuilds llama-cpp-python (minutes of compiling)",
+    "edgesrm pull qwen3-0.6b": "downloads from the Hugging Face Hub (tests/test_pull.py pulls from a Hub stand-in)",
+    "edgesrm pull bartowski/": "downloads from the Hugging Face Hub (tests/test_pull.py pulls from a Hub stand-in)",
+    "edgesrm pull HuggingFaceTB/": "downloads from the Hugging Face Hub (tests/test_pull.py pulls from a Hub stand-in)",
+    "edgesrm ask -m qwen3-0.6b": "needs the model pulled from the Hub on the line above",
 }
 
 
@@ -74,7 +79,8 @@ def checkout(tmp_path_factory) -> Path:
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "EDGESRM_HOME": str(cwd / "edgesrm-home")}  # the model store of `edgesrm pull` lines
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -155,3 +161,13 @@ def test_the_main_job_answers(checkout):
     proc = run(["bash", "-c", first], checkout)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() and "tok/s" in proc.stderr
+
+
+def test_the_first_question_is_one_the_default_model_gets_right(checkout):
+    """A newcomer's first answer should be right: with ask's default settings (cot, temperature
+    0.6), on a few seeds."""
+    first = next(runnable(line) for block in blocks("bash") for line in block.splitlines() if runnable(line))
+    for seed in (1, 2, 3, 4):
+        proc = run(["bash", "-c", f"{first} --json --seed {seed}"], checkout)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["extracted"] == "4", (seed, proc.stdout[-500:])
