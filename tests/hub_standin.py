@@ -47,11 +47,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -159,8 +161,11 @@ class HubStandIn:
     Use it as a context manager, or call ``start()`` and ``stop()``.
     """
 
-    def __init__(self, *, lfs_redirect: bool = True) -> None:
+    def __init__(self, *, lfs_redirect: bool = True, rate: float | None = None) -> None:
         self.lfs_redirect = lfs_redirect
+        self.rate = rate
+        """Bytes per second a file's bytes are sent at (None: as fast as the loopback goes), to
+        stand for a real network link."""
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         """Every request as (method, path with query, headers with lower-case names), in order."""
         self._lock = threading.RLock()
@@ -560,8 +565,16 @@ class _Handler(BaseHTTPRequestHandler):
                 f.seek(start)
                 self.wfile.write(bytes([f.read(1)[0] ^ 0xFF]))
                 start, count = start + 1, count - 1
-            if count:
+            rate = self.server.hub.rate
+            if count and rate is None:
                 self.connection.sendfile(f, start, count)
+            elif count:  # paced: CHUNK at a time, each at its time
+                began = time.perf_counter()
+                for sent in range(0, count, CHUNK):
+                    ahead = sent / rate - (time.perf_counter() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                    self.connection.sendfile(f, start + sent, min(CHUNK, count - sent))
 
 
 @pytest.fixture
@@ -579,7 +592,8 @@ def main(argv: list[str]) -> None:
     for arg in argv[1:]:
         name, _, path = arg.rpartition("=")
         files[name or Path(path).name] = Path(path)
-    with HubStandIn() as stand_in:
+    rate = os.environ.get("HUB_STANDIN_RATE")  # bytes per second, to stand for a network link
+    with HubStandIn(rate=float(rate) if rate else None) as stand_in:
         sha = stand_in.add_repo(argv[0], files)
         print(stand_in.url, sha, flush=True)
         threading.Event().wait()
