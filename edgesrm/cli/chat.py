@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from .common import MODEL_HELP
+
 from ..checks import MAX_CTX, MAX_THREADS, MAX_TOKENS, MIN_CTX
 from ..errors import EdgesrmError
 from ..options import FiniteRange, ReplyPrinter
@@ -93,7 +95,7 @@ def _number(text: str, kind: type, low: float, high: float, usage: str):
 
 @click.command()
 @click.option("-m", "--model", type=click.Path(dir_okay=True), default=None,
-              help="GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1).")
+              help=MODEL_HELP)
 @click.option("--system", default=None, help="System prompt for the whole conversation.")
 @click.option("--max-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), default=1024, show_default=True,
               help="Most tokens per reply (change it with /budget).")

@@ -12,7 +12,8 @@ import click
 
 from ..errors import EdgesrmWarning
 
-MODEL_HELP = "GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1)."
+MODEL_HELP = ("GGUF model file, or a name in the model store (edgesrm list). Default: the embedded "
+              "SmolLM2-135M-Instruct (Q4_1).")
 
 STRATEGY_HELP = (
     "How to reason: plain (your question as it is, the model's whole reply: for writing, chat, anything "

@@ -56,11 +56,12 @@ def convert(src: str, out: str, outtype: str | None, quant: str | None, revision
 @click.option("--allow-requantize", is_flag=True, help="Accept an already quantized input (loses more quality).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def quantize(src: str, out: str, quant: str, threads: int | None, allow_requantize: bool, force: bool) -> None:
-    """Quantize the GGUF file SRC into OUT with llama.cpp's quantizer.
+    """Quantize the GGUF file SRC (a path or a store name) into OUT with llama.cpp's quantizer.
 
     \b
-    Example:
+    Examples:
       edgesrm quantize model-f16.gguf model-q4_k_m.gguf --quant Q4_K_M
+      edgesrm quantize qwen3-0.6b:f16 qwen3-0.6b-q4_0.gguf --quant Q4_0
     """
     from ..convert import quantize as run
 

@@ -14,6 +14,7 @@ import click
 from ..checks import MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX
 from ..errors import EdgesrmError
 from ..options import FiniteRange
+from .common import MODEL_HELP
 
 DEFAULT_SERVE_CTX = 8192  # tokens for all parallel sequences together (KV cells are shared)
 
@@ -47,7 +48,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 @click.command("serve")
-@click.option("-m", "--model", default=None, help="GGUF model file. Default: the embedded SmolLM2-135M-Instruct (Q4_1).")
+@click.option("-m", "--model", default=None, help=MODEL_HELP)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback exposes the model to the network: set --api-key.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port (0: any free one).")
@@ -99,8 +100,9 @@ def serve(model: str | None, host: str, port: int, parallel: int, n_ctx: int, th
     sock = _listen(host, port)
     rt = load(model, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers, max_sequences=parallel,
               cache_prompt=cache_prompt)
+    store_name = model if model is not None and not os.path.exists(model) else None  # /v1/models shows it
     app = create_app(rt, api_key=api_key, cors=list(cors) or None, max_queue=max_queue, shutdown_grace_s=grace,
-                     close_runtime=True)
+                     close_runtime=True, model_name=store_name)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
     click.echo(f"serving {rt.model_path.name} at http://{shown}:{bound[1]}/v1 ({parallel} sequences, "

@@ -20,7 +20,7 @@ from pathlib import Path
 import gguf
 
 from ..errors import EdgesrmError
-from ..models import check_gguf
+from ..models import check_gguf, resolve_model
 from .archs import FAMILIES, OUTTYPES, family_for
 from .quantize import QUANT_TYPES, quant_type, quantize_file
 from .safetensors import open_checkpoint
@@ -99,8 +99,11 @@ def quantize(
     threads: int | None = None,
     allow_requantize: bool = False,
 ) -> Path:
-    """Quantize the GGUF ``src`` to ``quant`` (see ``QUANT_TYPES``) with llama.cpp, into ``out``."""
+    """Quantize the GGUF ``src`` (a path or a model store name) to ``quant`` (see ``QUANT_TYPES``)
+    with llama.cpp, into ``out``."""
     src_path, out = Path(src).expanduser(), Path(out).expanduser()
+    if not src_path.exists():
+        src_path = resolve_model(str(src))  # a store name, or one clear error
     quant_type(quant)
     check_gguf(src_path)
     if out.exists() and out.resolve() == src_path.resolve():
