@@ -166,7 +166,8 @@ def pull(ref: str, *, name: str | None = None, quant: str | None = None, revisio
     if not REPO_ID.match(repo):
         raise EdgesrmError(f"{repo!r} is not a Hugging Face repo id (like unsloth/Qwen3-0.6B-GGUF)")
     settings = HubSettings.from_env()
-    _progress_bars(sys.stderr.isatty() if progress is None else progress)
+    progress = sys.stderr.isatty() if progress is None else progress
+    _progress_bars(progress)
     if settings.offline:
         return _pull_cached(repo, quant, revision, name, settings, store)
     commit, files, license_ = _list_repo(repo, revision, settings)
@@ -174,7 +175,7 @@ def pull(ref: str, *, name: str | None = None, quant: str | None = None, revisio
     if not models:
         paths = {f.path for f in files}
         if "config.json" in paths and any(p.endswith(".safetensors") for p in paths):
-            return _pull_checkpoint(repo, commit, quant, name, license_, store)
+            return _pull_checkpoint(repo, commit, quant, name, license_, store, progress)
         raise EdgesrmError(f"{repo} has neither GGUF files nor a safetensors checkpoint (config.json + "
                            "*.safetensors): nothing edgesrm can run")
     chosen = choose_quant(models, quant, repo)
@@ -448,7 +449,7 @@ def _pull_cached(repo: str, quant: str | None, revision: str | None, name: str |
 
 
 def _pull_checkpoint(repo: str, commit: str, quant: str | None, name: str | None, license_: str | None,
-                     store: ModelStore) -> StoreEntry:
+                     store: ModelStore, progress: bool) -> StoreEntry:
     """A Transformers checkpoint: downloaded, converted and quantized into the store."""
     from .convert import QUANT_TYPES, convert
 
@@ -463,7 +464,7 @@ def _pull_checkpoint(repo: str, commit: str, quant: str | None, name: str | None
     except OSError as exc:
         raise EdgesrmError(f"cannot create {store.models_dir} ({exc.strerror})") from None
     log.info("%s is a Transformers checkpoint: converting it to GGUF %s", repo, quant)
-    convert(repo, out, quant=quant, revision=commit, force=True)
+    convert(repo, out, quant=quant, revision=commit, force=True, progress=progress)
     entry = StoreEntry(name=name, path=str(out), size=out.stat().st_size, source=f"hf://{repo} (converted)",
                        quant=quant, repo=repo, revision=commit, files=[str(out)], sha256=sha256_file(out),
                        license=license_, owned=True)
