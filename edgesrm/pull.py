@@ -25,6 +25,7 @@ pull: huggingface-hub 2.x keeps no partial file between runs (one temporary file
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ from pathlib import Path
 from .errors import EdgesrmError
 from .hub import REPO_ID, HubSettings
 from .models import check_complete, check_gguf, read_header
-from .store import ModelStore, StoreEntry, check_name
+from .store import ModelStore, StoreEntry, check_name, file_name
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ DEFAULT_QUANT = "Q4_K_M"
 SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 # A quant in a file name: Q4_K_M, Q8_0, IQ4_XS, Q4_0_4_4, BF16, F16, F32, TQ1_0, MXFP4...
 QUANT_IN_NAME = re.compile(r"(?<![A-Z0-9])(I?Q\d(?:_[A-Z0-9]{1,2})*|BF16|F16|F32|TQ\d_\d|MXFP4(?:_MOE)?)(?![A-Z0-9])")
+UNKNOWN = "unknown"  # a GGUF whose file name names no quant
 DISK_MARGIN = 64 << 20  # bytes kept free beyond what a download needs
 ATTEMPTS = 3  # downloads tried before giving up (huggingface-hub also retries within one)
 
@@ -104,7 +106,7 @@ def group_gguf_files(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:
             parts = [by_name.get(f"{key}-{i:05d}-of-{total:05d}.gguf") for i in range(1, total + 1)]
             if any(p is None for p in parts):
                 continue  # an incomplete split set is not offered
-        quant = quant_of(f.path) or "unknown"
+        quant = quant_of(f.path) or UNKNOWN
         size = sum(p.size or 0 for p in parts)
         old = models.get(quant)
         if old is None or size < sum(p.size or 0 for p in old):
@@ -122,15 +124,22 @@ def choose_quant(models: dict[str, list[RemoteFile]], quant: str | None, repo: s
     if DEFAULT_QUANT in models:
         return DEFAULT_QUANT
     ok = [q for q in models if _bits(q) >= 4]
+    if not ok and list(models) == [UNKNOWN]:  # one GGUF whose name says no quant: the repo's model
+        return UNKNOWN
     if not ok:
         raise EdgesrmError(f"{repo} has no GGUF of 4 bits or more ({available}); name one: {repo}:QUANT")
     return min(ok, key=lambda q: sum(p.size or 0 for p in models[q]))
 
 
-def default_name(repo: str, quant: str) -> str:
-    base = re.sub(r"[-_.]gguf$", "", repo.split("/")[-1], flags=re.IGNORECASE).lower()
-    base = re.sub(r"[^\w.\-]+", "-", base).strip("-.") or "model"
-    return f"{base}:{quant.lower()}"
+def default_name(repo: str, quant: str | None) -> str:
+    """``qwen3-0.6b:q4_k_m`` from ``unsloth/Qwen3-0.6B-GGUF`` and Q4_K_M: ASCII, valid as a store name."""
+    import unicodedata
+
+    base = re.sub(r"[-_.]gguf$", "", repo.split("/")[-1], flags=re.IGNORECASE)
+    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode().lower()
+    base = re.sub(r"[^a-z0-9_.\-]+", "-", base)
+    base = re.sub(r"^[^a-z0-9]+|[-_.]+$", "", base)[:100] or "model"
+    return f"{base}:{(quant or 'gguf').lower()}"
 
 
 def pull(ref: str, *, name: str | None = None, quant: str | None = None, revision: str | None = None,
@@ -152,6 +161,8 @@ def pull(ref: str, *, name: str | None = None, quant: str | None = None, revisio
     if copy:
         raise EdgesrmError("--copy applies to a local file; Hub downloads live in the Hugging Face cache")
     repo, _, tag = ref.partition(":")
+    if not repo:
+        raise EdgesrmError(f"{ref!r} names no model: give user/repo[:QUANT], a known name or a .gguf file")
     if tag and quant and tag.upper() != quant.upper():
         raise EdgesrmError(f"two quants asked for: {ref!r} and --quant {quant}")
     quant = tag or quant
@@ -176,10 +187,14 @@ def pull(ref: str, *, name: str | None = None, quant: str | None = None, revisio
         paths = {f.path for f in files}
         if "config.json" in paths and any(p.endswith(".safetensors") for p in paths):
             return _pull_checkpoint(repo, commit, quant, name, license_, store, progress)
+        ggufs = [p for p in paths if p.lower().endswith(".gguf")]
+        if ggufs:
+            raise EdgesrmError(f"{repo} has GGUF files but no model edgesrm can run: only vision projectors "
+                               "(mmproj) or split models with parts missing")
         raise EdgesrmError(f"{repo} has neither GGUF files nor a safetensors checkpoint (config.json + "
                            "*.safetensors): nothing edgesrm can run")
     chosen = choose_quant(models, quant, repo)
-    name = name or default_name(repo, chosen)
+    name = name or _default_name_checked(repo, chosen)
     _check_name_free(store, name, repo, chosen)
     parts = models[chosen]
     _check_disk(settings, repo, parts)
@@ -195,8 +210,9 @@ def pull(ref: str, *, name: str | None = None, quant: str | None = None, revisio
         _discard(paths, owned)
         raise EdgesrmError(f"{repo}: the downloaded file is not a usable GGUF ({exc}); it was deleted") from None
     entry = StoreEntry(name=name, path=str(paths[0]), size=sum(p.stat().st_size for p in paths),
-                       source=f"hf://{repo}", quant=chosen, repo=repo, revision=commit,
-                       files=[str(p) for p in paths], sha256=parts[0].sha256, license=license_, owned=owned)
+                       source=f"hf://{repo}", quant=None if chosen == UNKNOWN else chosen, repo=repo,
+                       revision=commit, files=[str(p) for p in paths], sha256=parts[0].sha256, license=license_,
+                       owned=owned)
     return store.add(entry, replace=True)
 
 
@@ -267,6 +283,10 @@ def free_space(directory: Path, need: int, what: str) -> None:
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise EdgesrmError(f"cannot write {what} into {directory}: {probe} is not a writable directory")
+    if need == 0:
+        return
     free = shutil.disk_usage(probe).free
     if need + DISK_MARGIN > free:
         raise EdgesrmError(f"not enough disk space for {what}: {need / 2**30:.2f} GiB needed, "
@@ -289,9 +309,10 @@ def _download(repo: str, commit: str, part: RemoteFile, settings: HubSettings) -
                                          endpoint=settings.endpoint, token=settings.token))
             break
         except OSError as exc:
+            advice = ("free some space or set HF_HUB_CACHE to another disk" if exc.errno == errno.ENOSPC
+                      else "set HF_HUB_CACHE to a writable directory")
             raise EdgesrmError(f"cannot write {part.path} into the Hugging Face cache {settings.cache_dir} "
-                               f"({exc.strerror or exc}); free some space or set HF_HUB_CACHE to another disk; "
-                               "nothing was registered") from None
+                               f"({exc.strerror or exc}); {advice}; nothing was registered") from None
         except Exception as exc:  # noqa: BLE001
             from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -371,6 +392,9 @@ class _GrowingFileHasher:
                         self._hash.update(chunk)
                         self._read += len(chunk)
                         return
+                    elif os.fstat(f.fileno()).st_size < self._read:  # rewritten from the start
+                        self._failed = True
+                        return
                     else:
                         time.sleep(0.01)
         except OSError:
@@ -397,10 +421,35 @@ def _discard(paths: list[Path], owned: bool) -> None:
         real.unlink(missing_ok=True)
 
 
+def _default_name_checked(source: str, quant: str | None) -> str:
+    name = default_name(source, None if quant == UNKNOWN else quant)
+    try:
+        check_name(name)
+    except EdgesrmError:
+        raise EdgesrmError(f"cannot make a store name from {source!r}; give one with name=",
+                           cli=f"cannot make a store name from {source!r}; give one with --name") from None
+    return name
+
+
+def _own_file(store: ModelStore, name: str) -> Path:
+    """Where the model edgesrm makes for ``name`` goes (``store.file_name``), refused if another
+    entry's file is there."""
+    try:
+        store.models_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgesrmError(f"cannot create {store.models_dir} ({exc.strerror or exc}); set EDGESRM_HOME to a "
+                           "writable directory") from None
+    out = store.models_dir / file_name(name)
+    for entry in store.entries():
+        if entry.name != name and os.path.realpath(entry.path) == os.path.realpath(out):
+            raise EdgesrmError(f"{out} belongs to the store's model {entry.name!r}; choose another name")
+    return out
+
+
 def _check_name_free(store: ModelStore, name: str, repo: str | None, quant: str | None) -> None:
     """A name already used for another model is refused before any download; pulling the same
     repo and quant again updates its entry."""
-    old = store.get(name) if ":" in name else next((e for e in store.entries() if e.name == name), None)
+    old = next((e for e in store.entries() if e.name.lower() == name.lower()), None)
     if old is not None and not (old.repo == repo and old.quant == quant and repo is not None):
         raise EdgesrmError(f"the store already has a model called {name!r} (from {old.source}); choose another "
                            f"name or remove it first", cli=f"the store already has a model called {name!r} (from "
@@ -418,7 +467,8 @@ def _pull_cached(repo: str, quant: str | None, revision: str | None, name: str |
     root = settings.cache_dir / repo_folder_name(repo_id=repo, repo_type="model")
     ref = root / "refs" / (revision or "main")
     commit = ref.read_text().strip() if ref.is_file() else revision
-    if commit is None and (root / "snapshots").is_dir():
+    if (revision is None or not re.fullmatch(r"[0-9a-f]{40}", revision)) and not ref.is_file() \
+            and (root / "snapshots").is_dir():
         # Files fetched by commit (as pull does) leave no refs/main: the newest snapshot with a GGUF.
         found = sorted((p for p in (root / "snapshots").iterdir() if any(p.rglob("*.gguf"))),
                        key=lambda p: p.stat().st_mtime)
@@ -436,15 +486,15 @@ def _pull_cached(repo: str, quant: str | None, revision: str | None, name: str |
     if not models:
         raise EdgesrmError(f"the Hugging Face cache has no GGUF file of {repo} (HF_HUB_OFFLINE is set)")
     chosen = choose_quant(models, quant, f"{repo} (in the offline cache)")
-    name = name or default_name(repo, chosen)
+    name = name or _default_name_checked(repo, chosen)
     _check_name_free(store, name, repo, chosen)
     paths = [snapshot / part.path for part in models[chosen]]
     for part, p in zip(models[chosen], paths):
         _verify(p, part, None, False, repo)
         check_complete(p, read_header(p))
     entry = StoreEntry(name=name, path=str(paths[0]), size=sum(p.stat().st_size for p in paths),
-                       source=f"hf://{repo}", quant=chosen, repo=repo, revision=commit,
-                       files=[str(p) for p in paths], sha256=models[chosen][0].sha256, owned=False)
+                       source=f"hf://{repo}", quant=None if chosen == UNKNOWN else chosen, repo=repo,
+                       revision=commit, files=[str(p) for p in paths], sha256=models[chosen][0].sha256, owned=False)
     return store.add(entry, replace=True)
 
 
@@ -456,22 +506,20 @@ def _pull_checkpoint(repo: str, commit: str, quant: str | None, name: str | None
     quant = (quant or DEFAULT_QUANT).upper()
     if quant not in QUANT_TYPES:
         raise EdgesrmError(f"edgesrm quantizes to {', '.join(QUANT_TYPES)}, not {quant}")
-    name = name or default_name(repo, quant)
+    name = name or _default_name_checked(repo, quant)
     _check_name_free(store, name, repo, quant)
-    out = store.models_dir / (name.replace(":", "-") + ".gguf")
-    try:
-        store.models_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgesrmError(f"cannot create {store.models_dir} ({exc.strerror})") from None
+    out = _own_file(store, name)
     log.info("%s is a Transformers checkpoint: converting it to GGUF %s", repo, quant)
-    convert(repo, out, quant=quant, revision=commit, force=True, progress=progress)
-    entry = StoreEntry(name=name, path=str(out), size=out.stat().st_size, source=f"hf://{repo} (converted)",
-                       quant=quant, repo=repo, revision=commit, files=[str(out)], sha256=sha256_file(out),
-                       license=license_, owned=True)
+    existed = out.exists()
     try:
+        convert(repo, out, quant=quant, revision=commit, force=True, progress=progress)
+        entry = StoreEntry(name=name, path=str(out), size=out.stat().st_size, source=f"hf://{repo} (converted)",
+                           quant=quant, repo=repo, revision=commit, files=[str(out)], sha256=sha256_file(out),
+                           license=license_, owned=True)
         return store.add(entry, replace=True)
-    except EdgesrmError:
-        out.unlink(missing_ok=True)
+    except BaseException:
+        if not existed:  # never registered: not left behind
+            out.unlink(missing_ok=True)
         raise
 
 
@@ -482,14 +530,13 @@ def _register_local(path: Path, name: str | None, copy: bool, store: ModelStore)
     if name is None:
         quant = quant_of(path.name)
         stem = re.sub(rf"[-_.]?{re.escape(quant)}(?=$|[-_.])", "", path.stem, flags=re.IGNORECASE) if quant else path.stem
-        name = default_name(stem or path.stem, quant or "gguf")
+        name = _default_name_checked(stem or path.stem, quant)
     old = next((e for e in store.entries() if e.name == name), None)
     if old is not None and (copy or os.path.realpath(old.path) != str(path.resolve())):
         _check_name_free(store, name, None, None)
     source_path = path.resolve()
     if copy:
-        out = store.models_dir / (name.replace(":", "-") + ".gguf")
-        store.models_dir.mkdir(parents=True, exist_ok=True)
+        out = _own_file(store, name)
         free_space(store.models_dir, path.stat().st_size, f"a copy of {path}")
         tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
         try:
@@ -507,7 +554,7 @@ def _register_local(path: Path, name: str | None, copy: bool, store: ModelStore)
                        owned=copy)
     try:
         return store.add(entry, replace=old is not None)
-    except EdgesrmError:
-        if copy:
+    except BaseException:
+        if copy and old is None:
             source_path.unlink(missing_ok=True)
         raise

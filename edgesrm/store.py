@@ -72,8 +72,24 @@ class StoreEntry:
 
     @classmethod
     def from_dict(cls, data: dict) -> StoreEntry:
+        """An entry from the index; ``ValueError`` when a field has the wrong type."""
+        if not isinstance(data, dict):
+            raise ValueError("an entry is not an object")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        entry = cls(**{k: v for k, v in data.items() if k in known})
+        text = (entry.name, entry.path, entry.source)
+        optional = (entry.quant, entry.repo, entry.revision, entry.sha256, entry.license)
+        if (not all(isinstance(v, str) for v in text) or not all(v is None or isinstance(v, str) for v in optional)
+                or not isinstance(entry.size, int) or isinstance(entry.size, bool) or not isinstance(entry.owned, bool)
+                or not isinstance(entry.added, str) or not isinstance(entry.files, list)
+                or not all(isinstance(f, str) for f in entry.files)):
+            raise ValueError(f"entry {data.get('name')!r} has a field of the wrong type")
+        return entry
+
+    @property
+    def missing(self) -> bool:
+        """The file is no longer where the store says."""
+        return not os.path.isfile(self.path)
 
 
 class ModelStore:
@@ -93,24 +109,34 @@ class ModelStore:
         try:
             data = json.loads(self.index_path.read_text(encoding="utf-8"))
             models = data["models"]
+            if not isinstance(models, list):
+                raise ValueError("'models' is not a list")
             return sorted((StoreEntry.from_dict(m) for m in models), key=lambda e: e.name)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EdgesrmError(f"the model store's index {self.index_path} is unreadable ({exc}); "
                                f"move it away and pull the models again") from None
 
     def get(self, name: str) -> StoreEntry | None:
-        """The entry called ``name``, or the only one whose name without ``:tag`` is ``name``."""
+        """The entry called ``name`` (case aside), or the only one whose name without ``:tag`` is
+        ``name``, or the only one pulled from the Hub reference ``name`` (``user/repo[:QUANT]``)."""
         entries = self.entries()
-        for entry in entries:
-            if entry.name == name:
-                return entry
+        for match in (lambda e: e.name == name, lambda e: e.name.lower() == name.lower()):
+            found = [e for e in entries if match(e)]
+            if len(found) == 1:
+                return found[0]
         if ":" not in name:
-            tagged = [e for e in entries if e.name.split(":", 1)[0] == name]
-            if len(tagged) == 1:
-                return tagged[0]
-            if tagged:
-                raise EdgesrmError(f"{name!r} names several models in the store: "
-                                   f"{', '.join(e.name for e in tagged)}; give the whole name")
+            tagged = [e for e in entries if e.name.split(":", 1)[0].lower() == name.lower()]
+        else:
+            tagged = []
+        if "/" in name:  # the reference the model was pulled by
+            repo, _, quant = name.partition(":")
+            tagged = [e for e in entries if (e.repo or "").lower() == repo.lower()
+                      and (not quant or (e.quant or "").lower() == quant.lower())]
+        if len(tagged) == 1:
+            return tagged[0]
+        if tagged:
+            raise EdgesrmError(f"{name!r} names several models in the store: "
+                               f"{', '.join(e.name for e in tagged)}; give the whole name")
         return None
 
     def require(self, name: str) -> StoreEntry:
@@ -137,14 +163,23 @@ class ModelStore:
     @contextmanager
     def _locked(self) -> Iterator[list[StoreEntry]]:
         """The entries, under the lock; what the block leaves in the list is written back."""
-        from filelock import FileLock
+        from filelock import FileLock, Timeout
 
         try:
             self.home.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise EdgesrmError(f"cannot create the model store {self.home} ({exc.strerror}); "
                                f"set {HOME_ENV} to a writable directory") from None
-        with FileLock(str(self.home / "index.lock"), timeout=60):
+        lock = FileLock(str(self.home / "index.lock"), timeout=30)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise EdgesrmError(f"the model store {self.home} is busy: another edgesrm has been changing it for "
+                               "30 s; try again when it is done") from None
+        except OSError as exc:
+            raise EdgesrmError(f"cannot change the model store {self.home} ({exc.strerror or exc}); set "
+                               f"{HOME_ENV} to a writable directory") from None
+        try:
             entries = self.entries()
             yield entries
             payload = {"version": INDEX_VERSION, "models": [e.to_dict() for e in entries]}
@@ -157,6 +192,8 @@ class ModelStore:
                                    f"({exc.strerror or exc})") from None
             finally:
                 tmp.unlink(missing_ok=True)
+        finally:
+            lock.release()
 
     def add(self, entry: StoreEntry, *, replace: bool = False) -> StoreEntry:
         """Record ``entry``; a name already taken is an error unless ``replace``."""
@@ -165,6 +202,8 @@ class ModelStore:
         with self._locked() as entries:
             old = next((e for e in entries if e.name == entry.name), None)
             if old is not None:
+                if _same_model(old, entry):  # pulled again: what edgesrm created stays its own
+                    entry.owned = entry.owned or old.owned
                 if not replace and not _same_model(old, entry):
                     raise EdgesrmError(f"the store already has a model called {entry.name!r} ({old.path}); "
                                        "choose another name or remove it first",
@@ -186,7 +225,7 @@ class ModelStore:
                 raise EdgesrmError(self.not_found(name))
             entries.remove(entry)
             deleted: list[Path] = []
-            if entry.owned:
+            if entry.owned and not entry.missing:
                 mine = {_real(f) for f in entry.files or [entry.path]}
                 for other in entries:  # entries that share the files inherit them
                     if mine & {_real(f) for f in other.files or [other.path]}:
@@ -198,12 +237,22 @@ class ModelStore:
 
 
 def check_name(name: str) -> None:
-    """A store name: letters, digits and ``._-``, an optional ``:tag``, no path separators."""
+    """A store name: ASCII letters, digits and ``._-``, an optional ``:tag``, no path separators,
+    not ending in ``.gguf`` (``-m NAME.gguf`` would be taken for a file)."""
     import re
 
-    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*(:[\w.\-]+)?", name) or len(name) > 200:
+    if (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(:[A-Za-z0-9_.\-]+)?", name) or len(name) > 200
+            or name.lower().endswith(".gguf")):
         raise EdgesrmError(f"{name!r} is not a valid model name: use letters, digits, '.', '_', '-' and an "
-                           "optional ':tag' (like qwen3-0.6b:q4_k_m)")
+                           "optional ':tag' (like qwen3-0.6b:q4_k_m), not ending in .gguf",
+                           cli=f"{name!r} is not a valid model name: use letters, digits, '.', '_', '-' and an "
+                               "optional ':tag' (like qwen3-0.6b:q4_k_m), not ending in .gguf; choose one with --name")
+
+
+def file_name(name: str) -> str:
+    """The file name of a model edgesrm makes for store name ``name``: one per name (':' is not
+    allowed in names' other characters, so '@' standing for it cannot collide)."""
+    return name.replace(":", "@") + ".gguf"
 
 
 def _same_model(a: StoreEntry, b: StoreEntry) -> bool:

@@ -335,3 +335,92 @@ def test_a_transformers_checkpoint_is_converted_on_pull(env, hub, tmp_path):  # 
     out = run("info", "tiny-llama")
     assert out.exit_code == 0 and "Q8_0" in out.output, out.output
     assert "deleted 1 file" in run("rm", "tiny-llama").output and not Path(entry.path).exists()
+
+
+# -- found by trying to break it -------------------------------------------------------------------
+
+
+def test_names_that_differ_only_by_colon_get_their_own_files(env, tmp_path):
+    a, b = tiny_gguf(tmp_path / "a.gguf", "first"), tiny_gguf(tmp_path / "b.gguf", "second")
+    assert run("pull", str(a), "--copy", "--name", "x:y").exit_code == 0
+    assert run("pull", str(b), "--copy", "--name", "x-y").exit_code == 0
+    assert "tiny first" in run("show", "x:y").output and "tiny second" in run("show", "x-y").output
+
+
+def test_pulling_again_keeps_the_download_edgesrms(env, quants_repo):
+    first = pull(quants_repo)
+    again = pull(quants_repo)
+    assert first.owned and again.owned
+    assert "deleted 1 file" in run("rm", again.name).output and blobs(env) == []
+
+
+def test_an_unwritable_store_and_a_damaged_index_are_one_error(env, tmp_path, monkeypatch, model_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("EDGESRM_HOME", str(blocker / "store"))
+    result = run("pull", str(model_path), "--name", "m")
+    assert result.exit_code == 1 and result.output.startswith("error: cannot create the model store")
+    monkeypatch.setenv("EDGESRM_HOME", str(env / "store2"))
+    (env / "store2").mkdir()
+    for index in ('{"models": [{"name": "x", "path": 5, "size": "big", "source": null}]}', '{"models": {"a": 1}}'):
+        (env / "store2" / "index.json").write_text(index)
+        for args in (["list"], ["show", "x"], ["rm", "x"], ["list", "--json"]):
+            result = run(*args)
+            assert result.exit_code == 1 and "unreadable" in result.output and result.output.count("\n") == 1, args
+
+
+def test_a_cache_that_is_a_file_is_one_error(env, quants_repo, monkeypatch):
+    (env / "hf-file").write_text("x")
+    monkeypatch.setenv("HF_HUB_CACHE", str(env / "hf-file"))
+    result = run("pull", quants_repo)
+    assert result.exit_code == 1 and "not a writable directory" in result.output and result.output.count("\n") == 1
+
+
+def test_names_that_would_not_resolve_are_refused_and_defaults_are_ascii(env, tmp_path, hub):  # noqa: F811
+    f = tiny_gguf(tmp_path / "x.gguf", "x")
+    result = run("pull", str(f), "--name", "foo.gguf")
+    assert result.exit_code == 1 and "--name" in result.output
+    odd = tiny_gguf(tmp_path / "Модель-Q4_K_M.gguf", "odd")
+    assert run("pull", str(odd)).exit_code == 0 and ModelStore().get("model:q4_k_m") is not None  # nothing ASCII
+    accented = tiny_gguf(tmp_path / "Café-Q8_0.gguf", "cafe")
+    assert run("pull", str(accented)).exit_code == 0 and ModelStore().get("cafe:q8_0") is not None
+    assert "names no model" in run("pull", ":Q4_K_M").output
+
+
+def test_a_model_is_found_by_the_reference_it_was_pulled_by(env, quants_repo):
+    pull(f"{quants_repo}:Q4_K_M")
+    for ref in ("tiny:Q4_K_M", "org/Tiny-GGUF", "org/tiny-gguf:q4_k_m"):
+        result = run("info", ref)
+        assert result.exit_code == 0 and "Tiny-Q4_K_M.gguf" in result.output, (ref, result.output)
+
+
+def test_quantize_takes_a_store_name(env, model_path, tmp_path):
+    run("pull", str(model_path), "--name", "smol")
+    result = run("quantize", "smol", str(tmp_path / "q8.gguf"), "--quant", "Q8_0", "--allow-requantize")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "q8.gguf").stat().st_size > 0
+
+
+def test_offline_with_revision_main_after_an_online_pull(env, quants_repo, monkeypatch):
+    pull(quants_repo)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert pull(quants_repo, revision="main", name="again").quant == "Q4_K_M"
+
+
+def test_repos_with_no_runnable_gguf_and_with_one_unnamed_gguf(env, hub, tmp_path):  # noqa: F811
+    hub.add_repo("org/Vision-GGUF", {"mmproj-model-f16.gguf": tiny_gguf(tmp_path / "p.gguf", "proj")})
+    result = run("pull", "org/Vision-GGUF")
+    assert result.exit_code == 1 and "only vision projectors" in result.output
+    hub.add_repo("org/Plain-GGUF", {"model.gguf": tiny_gguf(tmp_path / "m.gguf", "plain")})
+    entry = pull("org/Plain-GGUF")
+    assert (entry.name, entry.quant) == ("plain:gguf", None)
+
+
+def test_an_entry_whose_file_is_gone(env, tmp_path):
+    f = tiny_gguf(tmp_path / "gone.gguf", "gone")
+    run("pull", str(f), "--name", "gone", "--copy")
+    Path(ModelStore().get("gone").path).unlink()
+    assert "file missing" in run("list").output
+    result = run("show", "gone")
+    assert result.exit_code == 1 and "pull it again" in result.output
+    assert "already gone" in run("rm", "gone").output

@@ -39,8 +39,13 @@ def pull(ref: str, name: str | None, quant: str | None, revision: str | None, co
       edgesrm pull ./my-model.gguf --name mine
       edgesrm ask -m qwen3-0.6b "What is 17 * 23?"
     """
+    import logging
+
     from ..pull import pull as pull_model
 
+    # huggingface-hub's own warnings (a cache file it ignores, a resumed connection) would add lines
+    # to pull's one result or one error; what matters is said by edgesrm.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     entry = pull_model(ref, name=name, quant=quant, revision=revision, copy=copy)
     where = f" @ {entry.revision[:12]}" if entry.revision else ""
     source = entry.source if entry.source != "file" else entry.path

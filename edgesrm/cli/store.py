@@ -34,7 +34,8 @@ def list_models(as_json: bool) -> None:
     width = max(len(e.name) for e in entries)
     click.echo(f"{'NAME':<{width}}  {'QUANT':<8}  {'SIZE':>10}  SOURCE")
     for e in entries:
-        click.echo(f"{e.name:<{width}}  {e.quant or '?':<8}  {e.size / 2**20:>6,.0f} MiB  {e.source}")
+        gone = "  (file missing: pull it again or rm it)" if e.missing else ""
+        click.echo(f"{e.name:<{width}}  {e.quant or '?':<8}  {e.size / 2**20:>6,.0f} MiB  {e.source}{gone}")
 
 
 @click.command()
@@ -51,7 +52,12 @@ def show(name: str, as_json: bool) -> None:
     from ..info import model_info
     from ..store import ModelStore
 
+    from ..errors import EdgesrmError
+
     entry = ModelStore().require(name)
+    if entry.missing:
+        raise EdgesrmError(f"the store's model {entry.name!r} is gone from {entry.path}; pull it again, "
+                           f"or `edgesrm rm {entry.name}`")
     mi = model_info(entry.path)
     if as_json:
         click.echo(json.dumps({"store": entry.to_dict(), "info": mi.to_dict()}, ensure_ascii=False))
@@ -79,10 +85,12 @@ def rm(name: str) -> None:
     from ..store import ModelStore
 
     entry, deleted = ModelStore().remove(name)
-    freed = sum(1 for _ in deleted)
-    if entry.owned and not deleted:
-        click.echo(f"removed {entry.name}; its file is kept: another entry uses it")
-    elif entry.owned:
+    freed = len(deleted)
+    if deleted:
         click.echo(f"removed {entry.name}; deleted {freed} file{'s' if freed > 1 else ''} ({entry.size / 2**20:,.1f} MiB)")
+    elif entry.missing:
+        click.echo(f"removed {entry.name}; its file was already gone")
+    elif entry.owned:
+        click.echo(f"removed {entry.name}; its file is kept: another entry uses it")
     else:
         click.echo(f"removed {entry.name}; its file is yours and was left in place: {entry.path}")
