@@ -156,11 +156,13 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
         path = default_model_path()
     else:
         path = Path(model).expanduser()
-        if not path.exists() and _looks_like_name(str(model)):
+        if (not path.exists() or path.is_dir()) and _looks_like_name(str(model)):
             from .store import ModelStore
 
             store = ModelStore()
             entry = store.get(str(model))
+            if entry is None and path.is_dir():
+                check_gguf(path)  # "... is a directory"
             if entry is None:
                 pull = f"; to fetch it: edgesrm pull {model}" if "/" in str(model) else ""
                 raise EdgesrmError(f"{model!r} is neither a file nor a model in the store: "
