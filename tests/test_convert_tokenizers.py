@@ -263,3 +263,30 @@ def test_unreproducible_sentencepiece_style_tokenizers_are_refused(change, fragm
         convert(directory, tmp_path / "out.gguf", progress=False)
     assert fragment in str(err.value)
     assert not (tmp_path / "out.gguf").exists()
+
+
+# -- Gemma 3's real vocabulary -----------------------------------------------------------------
+
+REAL_GEMMA3_SIZE = dict(num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                        num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32)
+
+
+def test_gemma3_real_vocabulary_from_tokenizer_json(tmp_path):
+    """Gemma 3's own 262,144-token vocabulary as a tokenizer.json only (transformers rebuilds it
+    from google/gemma-3-270m's GGUF header): the converted GGUF tokenizes like transformers, and
+    like llama.cpp with the real header, i.e. the vocabulary llama.cpp's converter made from
+    Gemma's tokenizer.model with its true SentencePiece scores."""
+    from tiny_models import real_header_path, tiny_model_from_header
+
+    header = real_header_path("gemma3")  # skips when the package is not installed
+    directory = checkpoints.tiny_checkpoint(tmp_path / "ckpt", "gemma3", style="gemma3-real-json", **REAL_GEMMA3_SIZE)
+    assert not (directory / "tokenizer.model").exists()
+    out = convert(directory, tmp_path / "ours.gguf", outtype="f16", progress=False)
+    real = tiny_model_from_header(header, tmp_path / "real.gguf")
+    tok = hf_tokenizer(directory)
+    texts = TEXTS + LEADING_SPACE + AFTER_SPECIAL["gemma3"] + sorted(set(checkpoints.CORPUS))
+    with LlamaCpp(out) as ours, LlamaCpp(real) as official:
+        assert ours.n_vocab == official.n_vocab == 262_144
+        assert mismatches(ours, tok, texts) == []
+        for text in texts:
+            assert ours.tokenize(text, add_special=True) == official.tokenize(text, add_special=True), text
