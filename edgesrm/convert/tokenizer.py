@@ -300,7 +300,7 @@ def sentencepiece_style(tok: dict, where: Path) -> bool:
 
     prefix = escaped = False
     for step in _normalizers(tok):
-        if step.get("type") == "Prepend" and step.get("prepend") == SPACE and not escaped:
+        if step.get("type") == "Prepend" and step.get("prepend") == SPACE:
             prefix = True
         elif _replaces_spaces(step):
             escaped = True
@@ -377,7 +377,7 @@ def _sentencepiece_style_vocab(directory: Path, tok: dict, n_vocab: int | None) 
     if not isinstance(model.get("vocab"), dict):
         raise EdgesrmError(f"{path} has no BPE vocabulary")
     scores_by_text = merge_scores(model)
-    floor = -float(len(scores_by_text) + 1)  # below every merge: tokens no merge makes
+    floor = -float(len(model.get("merges") or []) + 1)  # below every merge: for tokens no merge makes
 
     id_to_token: dict[int, str] = {i: t for t, i in model["vocab"].items()}
     added: dict[int, dict] = {}
@@ -387,8 +387,9 @@ def _sentencepiece_style_vocab(directory: Path, tok: dict, n_vocab: int | None) 
     size = _vocab_size(directory, max(id_to_token) + 1, n_vocab)
     missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in model["vocab"]]
     if missing:
-        raise EdgesrmError(f"{path} has byte fallback but no token {missing[0]} (and {len(missing) - 1} more bytes); "
-                           "llama.cpp needs all 256 byte tokens")
+        more = f" nor {len(missing) - 1} other byte tokens" if len(missing) > 1 else ""
+        raise EdgesrmError(f"{path} has byte fallback but no token {missing[0]}{more}; "
+                           "llama.cpp needs all 256 byte tokens <0x00>..<0xFF>")
     unk = model.get("unk_token")
 
     tokens: list[str] = []
