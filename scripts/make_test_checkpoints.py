@@ -2,9 +2,12 @@
 
 - Tiny, randomly initialised checkpoints of every supported family, each with a small tokenizer
   trained here in the style of the family's real one (Llama 3, Qwen2/DeepSeek-R1, SmolLM,
-  GPT-2 byte-level BPE; Gemma's SentencePiece). Weights are drawn wider than Hugging Face's
-  default init (and norms, biases are randomised too), so that next-token distributions are
-  peaked and a wrong permutation, norm offset or missing bias changes them visibly.
+  GPT-2 byte-level BPE; Gemma's and Llama 2's SentencePiece, with tokenizer.model or as the
+  SentencePiece-style tokenizer.json alone), and a Gemma3ForConditionalGeneration with a tiny
+  vision tower; optionally Gemma 3's real vocabulary, from an installed GGUF header. Weights
+  are drawn wider than Hugging Face's default init (and norms, biases are randomised too), so
+  that next-token distributions are peaked and a wrong permutation, norm offset or missing
+  bias changes them visibly.
 - SmolLM2-135M-Instruct with real weights, rebuilt from the embedded Q4_1 GGUF: transformers
   dequantizes it; its state dict goes into a model built from the same config and is saved
   as safetensors (bf16 by default, like the checkpoints on the Hub).
