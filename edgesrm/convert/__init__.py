@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,13 +42,15 @@ def convert(
     force: bool = False,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Path:
     """Convert the checkpoint ``src`` (a directory or a Hugging Face repo id) to the GGUF ``out``.
 
     ``outtype`` (f32, f16, bf16, q8_0) is how matrices are stored; default f16, or with
     ``quant`` the checkpoint's own 16/32-bit type so that quantization starts from the exact
     weights. ``quant`` (Q4_K_M, Q8_0... see ``QUANT_TYPES``) then quantizes with llama.cpp.
-    Warnings (NaN/Inf in a tensor, float16 overflow) go to ``warn``, by default to stderr.
+    Warnings (NaN/Inf in a tensor, float16 overflow) go to ``warn``, by default to stderr;
+    notes on what was left out (a multimodal checkpoint's vision tower) to ``note``, likewise.
     """
     out = Path(out).expanduser()
     if outtype is not None and outtype.lower() not in OUTTYPES:
@@ -61,7 +64,7 @@ def convert(
     family = family_for(config, directory)
     vocab = load_vocab(directory, None if family.trim_vocab else family.vocab_size,
                        prefer_sentencepiece=family.prefer_sentencepiece)
-    weights = open_checkpoint(directory)
+    weights, left_out = family.select_weights(open_checkpoint(directory))
     if outtype is None:
         outtype = _lossless_type(weights) if quant else "f16"
     tensors = family.plan(weights, outtype.lower(), n_vocab=len(vocab))
@@ -75,6 +78,8 @@ def convert(
     writer.add_file_type(_file_type(tensors))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.write(writer)
+    if left_out:
+        (note or _stderr_note)(left_out)
 
     size = sum(t.nbytes for t in tensors) + 2 * 2**20 * (1 + len(vocab) // 20000)
     with atomic_output(out, force=force, need_bytes=size * (2 if quant else 1)) as tmp:
@@ -111,6 +116,10 @@ def quantize(
     with atomic_output(out, force=force, need_bytes=src_path.stat().st_size) as tmp:
         quantize_file(src_path, tmp, quant, threads=threads, allow_requantize=allow_requantize)
     return out
+
+
+def _stderr_note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
 
 
 def _read_config(directory: Path) -> dict:

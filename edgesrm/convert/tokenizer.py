@@ -8,7 +8,14 @@ Two kinds, as llama.cpp implements them:
   probe text (which needs transformers). We read the pre-tokenizer definition itself and
   match it against the definitions llama.cpp implements: same result, no transformers, and an
   unknown definition is an error instead of a silently wrong tokenizer.
-- SentencePiece (``"llama"``) from ``tokenizer.model``, for families that ship one (Gemma).
+- SentencePiece (``"llama"``) from ``tokenizer.model``, for families that ship one (Gemma,
+  Llama 2 style models);
+- SentencePiece (``"llama"``) from a *SentencePiece-style* ``tokenizer.json``: a BPE with byte
+  fallback whose spaces become ``▁`` (Metaspace, or the normalizers Prepend/Replace), as Hugging
+  Face converts SentencePiece models, for checkpoints that ship no tokenizer.model. llama.cpp's
+  SentencePiece tokenizer merges the adjacent pair whose *result* has the highest score; a BPE
+  merges the pair that comes first in its merge list. Scoring each token by minus the rank of
+  the first merge that makes it turns one into the other (see ``merge_scores``).
 
 Special tokens, add_bos/add_eos and the chat template come from gguf-py's ``SpecialVocab``,
 which reads tokenizer_config.json, tokenizer.json's post-processor, chat_template.jinja and
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,11 +105,14 @@ def load_vocab(directory: Path, n_vocab: int | None, *, prefer_sentencepiece: bo
         vocab = _sentencepiece_vocab(directory, spm_file, n_vocab)
     elif parsed is not None and byte_level:
         vocab = _bpe_vocab(directory, parsed, n_vocab)
+    elif parsed is not None and escapes_spaces(parsed):
+        vocab = _sentencepiece_style_vocab(directory, parsed, n_vocab)
     elif parsed is not None:
         kind = (parsed.get("model") or {}).get("type")
         raise EdgesrmError(
-            f"{tokenizer_json} is a {kind} tokenizer that is not byte-level BPE, and there is no tokenizer.model: "
-            "edgesrm converts byte-level BPE tokenizers from tokenizer.json and SentencePiece from tokenizer.model"
+            f"{tokenizer_json} is a {kind} tokenizer that is neither byte-level BPE nor SentencePiece-style BPE "
+            "(spaces as ▁), and there is no tokenizer.model: edgesrm converts byte-level and SentencePiece-style "
+            "BPE tokenizers from tokenizer.json and SentencePiece from tokenizer.model"
         )
     else:
         raise EdgesrmError(f"no tokenizer in {directory}: expected tokenizer.json or tokenizer.model")
@@ -237,6 +248,177 @@ def _sentencepiece_vocab(directory: Path, path: Path, n_vocab: int | None) -> Vo
         scores[i] = -1000.0
     return Vocab(model="llama", pre="default", tokens=tokens, types=types, scores=scores,
                  add_space_prefix=spm.add_dummy_prefix)
+
+
+SPACE = "\u2581"  # ▁, SentencePiece's visible space
+BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")  # as both llama.cpp and tokenizers' byte fallback spell them
+
+
+def _normalizers(tok: dict) -> list[dict]:
+    node = tok.get("normalizer")
+    if not node:
+        return []
+    return list(node.get("normalizers", [])) if node.get("type") == "Sequence" else [node]
+
+
+def _replaces_spaces(step: dict) -> bool:
+    return (step.get("type") == "Replace" and (step.get("pattern") or {}).get("String") == " "
+            and step.get("content") == SPACE)
+
+
+def escapes_spaces(tok: dict) -> bool:
+    """Whether tokenizer.json writes spaces as ▁ the way SentencePiece does (Metaspace or Replace)."""
+    return (any(_replaces_spaces(n) for n in _normalizers(tok))
+            or any(s.get("type") == "Metaspace" for s in _steps(tok.get("pre_tokenizer"))))
+
+
+def sentencepiece_style(tok: dict, where: Path) -> bool:
+    """Check that llama.cpp's SentencePiece tokenizer can reproduce this tokenizer.json; return
+    ``add_space_prefix`` (whether a ▁ is put before the text).
+
+    llama.cpp escapes spaces as ▁, optionally prepends one, and runs the merges over the whole
+    text between special tokens, falling back to ``<0xNN>`` tokens for characters it has no
+    token for. So: a plain BPE with byte fallback, spaces replaced by ▁ (the normalizer
+    ``Replace(" ", "▁")``, or Metaspace), optionally a prepended ▁ (the normalizer
+    ``Prepend("▁")``, or Metaspace's prepend_scheme), and no split into words that a merge
+    could otherwise cross. Anything else is an error naming what does not fit.
+    """
+    model = tok.get("model") or {}
+
+    def refuse(why: str) -> EdgesrmError:
+        return EdgesrmError(f"{where} is a SentencePiece-style tokenizer that llama.cpp cannot reproduce: {why}")
+
+    if model.get("type") != "BPE":
+        raise refuse(f"its model is {model.get('type')!r}, not BPE (llama.cpp's SentencePiece tokenizer is a BPE)")
+    if not model.get("byte_fallback"):
+        raise refuse("it has no byte fallback (llama.cpp always falls back to <0xNN> tokens, "
+                     "transformers would give <unk>)")
+    if model.get("ignore_merges") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise refuse("its BPE uses ignore_merges, a subword prefix or an end-of-word suffix")
+    if model.get("dropout"):
+        raise refuse("its BPE has dropout, so transformers' tokenization is random")
+
+    prefix = escaped = False
+    for step in _normalizers(tok):
+        if step.get("type") == "Prepend" and step.get("prepend") == SPACE:
+            prefix = True
+        elif _replaces_spaces(step):
+            escaped = True
+        elif step.get("type") != "NFC":  # NFC leaves ordinary text unchanged
+            raise refuse(f"normalizer {json.dumps(step)[:200]}")
+    split = False
+    for step in _steps(tok.get("pre_tokenizer")):
+        kind = step.get("type")
+        if kind == "Metaspace" and step.get("replacement", SPACE) == SPACE:
+            escaped = True
+            scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
+            prefix = prefix or scheme in ("always", "first")
+            split = split or bool(step.get("split", False))
+        elif kind == "Split" and escaped and (step.get("pattern") or {}).get("String") == " ":
+            continue  # Gemma's Split(" ") after Replace(" ", "▁"): no spaces are left to split on
+        else:
+            raise refuse(f"pre-tokenizer {json.dumps(step)[:200]}")
+    if not escaped:
+        raise refuse("it does not write spaces as ▁")
+    if split:
+        # Metaspace(split=True) cuts the text before each ▁; llama.cpp does not cut it, which is the
+        # same as long as no merge makes a token with a ▁ after its first character.
+        crossing = [t for t in _merge_results(model) if SPACE in t[1:]]
+        if crossing:
+            raise refuse(f"its pre-tokenizer splits words at ▁ but merges make tokens across words ({crossing[0]!r})")
+    return prefix
+
+
+def _merge_pairs(model: dict) -> list[tuple[str, str]]:
+    pairs = []
+    for merge in model.get("merges", []):
+        if isinstance(merge, str):
+            left, sep, right = merge.partition(" ")
+        elif isinstance(merge, list) and len(merge) == 2:
+            left, sep, right = merge[0], " ", merge[1]
+        else:
+            sep = ""
+        if not sep:
+            raise EdgesrmError(f"tokenizer.json has a malformed merge: {merge!r}")
+        pairs.append((left, right))
+    return pairs
+
+
+def _merge_results(model: dict) -> list[str]:
+    return [left + right for left, right in _merge_pairs(model)]
+
+
+def merge_scores(model: dict) -> dict[str, float]:
+    """SentencePiece scores under which llama.cpp's merging reproduces this BPE's merges.
+
+    A BPE merges, among the adjacent pairs of the text, the one with the lowest rank in its
+    merge list. llama.cpp's SentencePiece tokenizer merges the adjacent pair whose concatenation
+    is the vocabulary token with the highest score (leftmost on ties, as the BPE). With
+    score(token) = -(rank of the first merge that makes it), the pair the BPE picks is the one
+    llama.cpp picks, provided every pair of tokens that concatenates to a token is itself a
+    merge: true of tokenizer.json files converted from SentencePiece models, whose merge lists
+    hold every such pair, ranked by the result's SentencePiece score.
+    """
+    scores: dict[str, float] = {}
+    for rank, text in enumerate(_merge_results(model)):
+        scores.setdefault(text, -float(rank))
+    return scores
+
+
+def _sentencepiece_style_vocab(directory: Path, tok: dict, n_vocab: int | None) -> Vocab:
+    path = directory / "tokenizer.json"
+    add_space_prefix = sentencepiece_style(tok, path)
+    config_file = directory / "tokenizer_config.json"
+    if config_file.is_file():  # transformers' Llama tokenizer and llama.cpp's converter read this too
+        explicit = _load_json(config_file).get("add_prefix_space")
+        if isinstance(explicit, bool):
+            add_space_prefix = explicit
+    model = tok["model"]
+    if not isinstance(model.get("vocab"), dict):
+        raise EdgesrmError(f"{path} has no BPE vocabulary")
+    scores_by_text = merge_scores(model)
+    floor = -float(len(model.get("merges") or []) + 1)  # below every merge: for tokens no merge makes
+
+    id_to_token: dict[int, str] = {i: t for t, i in model["vocab"].items()}
+    added: dict[int, dict] = {}
+    for entry in tok.get("added_tokens", []):
+        id_to_token[entry["id"]] = entry["content"]
+        added[entry["id"]] = entry
+    size = _vocab_size(directory, max(id_to_token) + 1, n_vocab)
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in model["vocab"]]
+    if missing:
+        more = f" nor {len(missing) - 1} other byte tokens" if len(missing) > 1 else ""
+        raise EdgesrmError(f"{path} has byte fallback but no token {missing[0]}{more}; "
+                           "llama.cpp needs all 256 byte tokens <0x00>..<0xFF>")
+    unk = model.get("unk_token")
+
+    tokens: list[str] = []
+    types: list[int] = []
+    scores: list[float] = []
+    for i in range(size):
+        text = id_to_token.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+            scores.append(floor)
+            continue
+        if i in added:
+            if added[i].get("special") or looks_special(text):
+                kind = CONTROL
+            else:
+                kind = USER_DEFINED
+                text = text.replace(SPACE, " ")  # llama.cpp matches user-defined tokens on raw text
+        elif text == unk:
+            kind = UNKNOWN
+        elif BYTE_TOKEN.fullmatch(text):
+            kind = BYTE
+        else:
+            kind = NORMAL
+        tokens.append(text)
+        types.append(kind)
+        scores.append(scores_by_text.get(text, floor) if kind == NORMAL else floor)
+    return Vocab(model="llama", pre="default", tokens=tokens, types=types, scores=scores,
+                 add_space_prefix=add_space_prefix)
 
 
 def _vocab_size(directory: Path, needed: int, n_vocab: int | None) -> int:

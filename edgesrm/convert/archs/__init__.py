@@ -8,13 +8,13 @@ from typing import Any
 
 from ...errors import EdgesrmError
 from .base import OUTTYPES, Decoder
-from .gemma3 import Gemma3
+from .gemma3 import Gemma3, Gemma3ConditionalGeneration
 from .llama import Llama
 from .qwen2 import Qwen2
 from .qwen3 import Qwen3
 
 FAMILIES: dict[str, type[Decoder]] = {
-    name: family for family in (Llama, Qwen2, Qwen3, Gemma3) for name in family.hf_architectures
+    name: family for family in (Llama, Qwen2, Qwen3, Gemma3, Gemma3ConditionalGeneration) for name in family.hf_architectures
 }
 
 

@@ -150,6 +150,11 @@ class Decoder:
         """Tensors llama.cpp wants that the checkpoint does not have (computed from config)."""
         return []
 
+    def select_weights(self, weights: Mapping[str, TensorRef]) -> tuple[dict[str, TensorRef], str | None]:
+        """The checkpoint tensors this family converts, under the names ``plan`` expects, and a
+        note on what was left out (``None``: nothing). Multimodal checkpoints override this."""
+        return dict(weights), None
+
     def ignored(self, hf_name: str) -> bool:
         return hf_name.endswith(IGNORED_SUFFIXES) or (self.tied and hf_name == "lm_head.weight")
 

@@ -1,10 +1,12 @@
-"""Gemma3ForCausalLM: Gemma 3 text models (270M, 1B).
+"""Gemma3ForCausalLM: Gemma 3 text models (270M, 1B); Gemma3ForConditionalGeneration (4B and up):
+its language model, without the vision tower.
 
 What differs from the other families:
 - Gemma's RMS norms multiply by ``1 + weight``; llama.cpp multiplies by the weight, so every
   norm weight is stored plus one;
-- the tokenizer is SentencePiece (tokenizer.model), and the embedding has rows beyond the
-  tokenizer's tokens that are dropped (llama.cpp sizes the vocabulary from the embedding);
+- the tokenizer is SentencePiece (tokenizer.model, or a SentencePiece-style tokenizer.json),
+  and the embedding has rows beyond the tokenizer's tokens that are dropped (llama.cpp sizes
+  the vocabulary from the embedding);
 - sliding-window attention in most layers: the window, the per-layer pattern and the local
   layers' own rope base become metadata. llama.cpp scales the embeddings by sqrt(hidden)
   itself, as Hugging Face does.
@@ -13,11 +15,14 @@ What differs from the other families:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import gguf
 import numpy as np
 
+from ...errors import EdgesrmError
+from ..safetensors import TensorRef
 from .base import Decoder, T, Transform
 
 
@@ -77,3 +82,58 @@ class Gemma3(Decoder):
         if hf_name.endswith("norm.weight"):
             return plus_one, 1
         return None, 1
+
+
+# Gemma3TextConfig's defaults: the text_config of Gemma3ForConditionalGeneration checkpoints
+# states only what differs from them (Gemma 3 4B's lists hidden size, layers, sliding window
+# and rope scaling, not heads or head size).
+TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
+}
+
+# Where each part of a Gemma3ForConditionalGeneration sits, in the layout of the Hub's checkpoints
+# (and of transformers 5's save_pretrained) and in transformers 4.5x's: (prefix, Gemma3ForCausalLM
+# prefix) for the language model; the rest is left out.
+TEXT_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                 ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."))
+LEFT_OUT = {"the vision tower": ("vision_tower.", "model.vision_tower."),
+            "the multimodal projector": ("multi_modal_projector.", "model.multi_modal_projector.")}
+
+
+class Gemma3ConditionalGeneration(Gemma3):
+    """The language model of a Gemma3ForConditionalGeneration checkpoint, as a gemma3 GGUF.
+
+    llama.cpp runs images through a separate mmproj file; the GGUF written here is the text
+    model alone, which is exactly a Gemma3ForCausalLM with the same weights.
+    """
+
+    hf_architectures = ("Gemma3ForConditionalGeneration",)
+
+    def __init__(self, config, directory) -> None:
+        text = config.get("text_config")
+        if not isinstance(text, dict):
+            raise EdgesrmError(f"config.json in {directory} is a Gemma3ForConditionalGeneration without a text_config")
+        merged = {**TEXT_DEFAULTS, **text}
+        if "tie_word_embeddings" not in text and "tie_word_embeddings" in config:
+            merged["tie_word_embeddings"] = config["tie_word_embeddings"]
+        super().__init__(merged, directory)
+
+    def select_weights(self, weights: Mapping[str, TensorRef]) -> tuple[dict[str, TensorRef], str | None]:
+        selected: dict[str, TensorRef] = {}
+        left_out = {part: 0 for part in LEFT_OUT}
+        for name, ref in weights.items():
+            part = next((p for p, prefixes in LEFT_OUT.items() if name.startswith(prefixes)), None)
+            if part is not None:
+                left_out[part] += 1
+                continue
+            new = next((to + name[len(prefix):] for prefix, to in TEXT_PREFIXES if name.startswith(prefix)), name)
+            selected[new] = ref  # a name matching no prefix stays, and plan() reports it as unexpected
+        parts = [f"{part} ({n} tensors)" for part, n in left_out.items() if n]
+        note = None
+        if parts:
+            note = (f"Gemma3ForConditionalGeneration: converted the language model only; left out "
+                    f"{' and '.join(parts)} (llama.cpp reads images through a separate mmproj file)")
+        return selected, note
