@@ -208,7 +208,8 @@ def pull(ref: str, *, name: str | None = None, quant: str | None = None, revisio
             check_complete(p, read_header(p))
     except EdgesrmError as exc:
         _discard(paths, owned)
-        raise EdgesrmError(f"{repo}: the downloaded file is not a usable GGUF ({exc}); it was deleted") from None
+        gone = "it was deleted" if owned else "it was in the Hugging Face cache before this pull and is left there"
+        raise EdgesrmError(f"{repo}: the downloaded file is not a usable GGUF ({exc}); {gone}") from None
     entry = StoreEntry(name=name, path=str(paths[0]), size=sum(p.stat().st_size for p in paths),
                        source=f"hf://{repo}", quant=None if chosen == UNKNOWN else chosen, repo=repo,
                        revision=commit, files=[str(p) for p in paths], sha256=parts[0].sha256, license=license_,
