@@ -29,6 +29,6 @@ class HubSettings:
         env = os.environ
         endpoint = (env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
-        cache = Path(env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or home / "hub").expanduser()
+        cache = Path(env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or home / "hub").expanduser().absolute()
         offline = env.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
         return cls(endpoint, cache, env.get("HF_TOKEN") or None, offline)

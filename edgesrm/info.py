@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import collections
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .chat import ChatFormat
 from .errors import EdgesrmError
-from .models import check_complete, read_header, resolve_model
+from .models import check_complete, file_quantization, read_header, resolve_model
 
 
 @dataclass(frozen=True)
@@ -35,18 +34,12 @@ class ModelInfo:
 
 def model_info(model: str | Path | None) -> ModelInfo:
     """Summarise a GGUF file (``None``: the embedded default model)."""
-    import gguf
-
     path = resolve_model(model)
     header = read_header(path)
     check_complete(path, header)
     meta = header.metadata
     arch = str(meta.get("general.architecture", "unknown"))
-    try:
-        quant = gguf.LlamaFileType(meta["general.file_type"]).name.removeprefix("MOSTLY_")
-    except (KeyError, ValueError):  # older files: name the most common tensor type
-        common = collections.Counter(t.ggml_type for t in header.tensors).most_common(1)
-        quant = gguf.GGMLQuantizationType(common[0][0]).name if common else "unknown"
+    quant = file_quantization(header)
     template = meta.get("tokenizer.chat_template")
     fmt = ChatFormat(template if isinstance(template, str) else None)
     caps, error = {}, None

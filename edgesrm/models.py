@@ -156,13 +156,13 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
         path = default_model_path()
     else:
         path = Path(model).expanduser()
-        if (not path.exists() or path.is_dir()) and _looks_like_name(str(model)):
+        if (not path.exists() or path.is_dir() or not _starts_like_gguf(path)) and _looks_like_name(str(model)):
             from .store import ModelStore
 
             store = ModelStore()
             entry = store.get(str(model))
-            if entry is None and path.is_dir():
-                check_gguf(path)  # "... is a directory"
+            if entry is None and path.exists():
+                check_gguf(path)  # "... is a directory", "... is not a GGUF file"
             if entry is None:
                 pull = f"; to fetch it: edgesrm pull {model}" if "/" in str(model) else ""
                 raise EdgesrmError(f"{model!r} is neither a file nor a model in the store: "
@@ -173,6 +173,14 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
                                    f"or `edgesrm rm {entry.name}`")
     check_complete(path, read_header(path))
     return path
+
+
+def _starts_like_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
 
 
 def _looks_like_name(model: str) -> bool:
@@ -417,6 +425,20 @@ def _parse_header(buf: bytes, path: Path, file_size: int) -> GGUFHeader:
     data_offset = -(-pos // alignment) * alignment
     data_end = max((data_offset + t.offset + t.n_bytes for t in tensors), default=0)
     return GGUFHeader(meta, tensors, data_offset, data_end)
+
+
+def file_quantization(header: GGUFHeader) -> str:
+    """The quantization a GGUF declares (``general.file_type``: Q4_K_M, Q8_0, F16...), else the
+    most common tensor type (older files)."""
+    import collections
+
+    import gguf
+
+    try:
+        return gguf.LlamaFileType(header.metadata["general.file_type"]).name.removeprefix("MOSTLY_")
+    except (KeyError, ValueError):
+        common = collections.Counter(t.ggml_type for t in header.tensors).most_common(1)
+        return gguf.GGMLQuantizationType(common[0][0]).name if common else "unknown"
 
 
 def check_complete(path: Path, header: GGUFHeader) -> None:

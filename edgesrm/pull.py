@@ -41,7 +41,7 @@ from pathlib import Path
 
 from .errors import EdgesrmError
 from .hub import REPO_ID, HubSettings
-from .models import check_complete, check_gguf, read_header
+from .models import check_complete, check_gguf, file_quantization, read_header
 from .store import ModelStore, StoreEntry, check_name, file_name
 
 log = logging.getLogger(__name__)
@@ -433,18 +433,13 @@ def _default_name_checked(source: str, quant: str | None) -> str:
 
 
 def _own_file(store: ModelStore, name: str) -> Path:
-    """Where the model edgesrm makes for ``name`` goes (``store.file_name``), refused if another
-    entry's file is there."""
+    """A new file in the store's models directory for the model edgesrm makes for ``name``."""
     try:
         store.models_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgesrmError(f"cannot create {store.models_dir} ({exc.strerror or exc}); set EDGESRM_HOME to a "
                            "writable directory") from None
-    out = store.models_dir / file_name(name)
-    for entry in store.entries():
-        if entry.name != name and os.path.realpath(entry.path) == os.path.realpath(out):
-            raise EdgesrmError(f"{out} belongs to the store's model {entry.name!r}; choose another name")
-    return out
+    return store.models_dir / file_name(name)
 
 
 def _check_name_free(store: ModelStore, name: str, repo: str | None, quant: str | None) -> None:
@@ -511,16 +506,14 @@ def _pull_checkpoint(repo: str, commit: str, quant: str | None, name: str | None
     _check_name_free(store, name, repo, quant)
     out = _own_file(store, name)
     log.info("%s is a Transformers checkpoint: converting it to GGUF %s", repo, quant)
-    existed = out.exists()
     try:
-        convert(repo, out, quant=quant, revision=commit, force=True, progress=progress)
+        convert(repo, out, quant=quant, revision=commit, progress=progress)
         entry = StoreEntry(name=name, path=str(out), size=out.stat().st_size, source=f"hf://{repo} (converted)",
                            quant=quant, repo=repo, revision=commit, files=[str(out)], sha256=sha256_file(out),
                            license=license_, owned=True)
         return store.add(entry, replace=True)
-    except BaseException:
-        if not existed:  # never registered: not left behind
-            out.unlink(missing_ok=True)
+    except BaseException:  # never registered: not left behind
+        out.unlink(missing_ok=True)
         raise
 
 
@@ -550,12 +543,12 @@ def _register_local(path: Path, name: str | None, copy: bool, store: ModelStore)
         source_path = out
     meta = header.metadata
     entry = StoreEntry(name=name, path=str(source_path), size=source_path.stat().st_size, source="file",
-                       quant=quant_of(path.name), files=[str(source_path)], sha256=None,
+                       quant=file_quantization(header), files=[str(source_path)], sha256=None,
                        license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
                        owned=copy)
     try:
         return store.add(entry, replace=old is not None)
     except BaseException:
-        if copy and old is None:
+        if copy:
             source_path.unlink(missing_ok=True)
         raise

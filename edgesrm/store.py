@@ -37,10 +37,10 @@ INDEX_VERSION = 1
 def store_home() -> Path:
     """The store's directory (not created here)."""
     if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser()
+        return Path(os.environ[HOME_ENV]).expanduser().absolute()  # the index holds absolute paths
     import platformdirs
 
-    return Path(platformdirs.user_data_dir("edgesrm", appauthor=False))
+    return Path(platformdirs.user_data_dir("edgesrm", appauthor=False)).absolute()
 
 
 @dataclass
@@ -196,44 +196,66 @@ class ModelStore:
             lock.release()
 
     def add(self, entry: StoreEntry, *, replace: bool = False) -> StoreEntry:
-        """Record ``entry``; a name already taken is an error unless ``replace``."""
+        """Record ``entry``. A name already taken is an error, unless the old entry names the
+        same file, or ``replace`` and it came from the same source (a newer pull of the same repo
+        and quant): then the old entry's files that edgesrm created and nothing else uses are
+        deleted. The check runs under the lock, so of two pulls racing for one name one fails."""
         check_name(entry.name)
         entry.added = entry.added or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._locked() as entries:
-            old = next((e for e in entries if e.name == entry.name), None)
+            old = next((e for e in entries if e.name.lower() == entry.name.lower()), None)
             if old is not None:
-                if _same_model(old, entry):  # pulled again: what edgesrm created stays its own
-                    entry.owned = entry.owned or old.owned
-                if not replace and not _same_model(old, entry):
-                    raise EdgesrmError(f"the store already has a model called {entry.name!r} ({old.path}); "
+                same_file = _same_model(old, entry)
+                same_source = (old.source, old.repo, old.quant) == (entry.source, entry.repo, entry.quant)
+                if not same_file and not (replace and same_source):
+                    raise EdgesrmError(f"the store already has a model called {old.name!r} ({old.path}); "
                                        "choose another name or remove it first",
-                                       cli=f"the store already has a model called {entry.name!r} ({old.path}); "
-                                           f"choose another --name or `edgesrm rm {entry.name}` first")
+                                       cli=f"the store already has a model called {old.name!r} ({old.path}); "
+                                           f"choose another --name or `edgesrm rm {old.name}` first")
                 entries.remove(old)
+                if same_file:  # pulled again: what edgesrm created stays its own
+                    entry.owned = entry.owned or old.owned
+                else:
+                    _release(old, entries + [entry])
             entries.append(entry)
         return entry
 
-    def remove(self, name: str) -> tuple[StoreEntry, list[Path]]:
+    def remove(self, name: str) -> tuple[StoreEntry, list[Path], list[str]]:
         """Forget ``name`` and delete the files edgesrm created for it that no other entry uses.
-        Returns the entry and the files deleted (a Hugging Face cache's blobs, not their links)."""
+        Returns the entry, the files deleted (a Hugging Face cache's blobs, not their links) and
+        the names of the entries that still use its file."""
         with self._locked() as entries:
             entry = next((e for e in entries if e.name == name), None)
             if entry is None:
-                entry = self.get(name)  # a name without its tag
+                entry = self.get(name)  # a name without its tag, another case, a Hub reference
                 entry = next((e for e in entries if entry is not None and e.name == entry.name), None)
             if entry is None:
                 raise EdgesrmError(self.not_found(name))
             entries.remove(entry)
-            deleted: list[Path] = []
-            if entry.owned and not entry.missing:
-                mine = {_real(f) for f in entry.files or [entry.path]}
-                for other in entries:  # entries that share the files inherit them
-                    if mine & {_real(f) for f in other.files or [other.path]}:
-                        other.owned = True
-                used = {_real(f) for e in entries for f in (e.files or [e.path])}
-                for file in entry.files or [entry.path]:
-                    deleted += _delete_file(Path(file), used)
-        return entry, deleted
+            mine = _files(entry)
+            users = [e.name for e in entries if mine & _files(e)]
+            deleted = _release(entry, entries)
+        return entry, deleted, users
+
+
+def _files(entry: StoreEntry) -> set[str]:
+    return {_real(f) for f in entry.files or [entry.path]}
+
+
+def _release(entry: StoreEntry, remaining: list[StoreEntry]) -> list[Path]:
+    """``entry`` leaves the store: entries sharing its files inherit its ownership of them, and
+    the files it owned that no remaining entry uses are deleted (returned)."""
+    if not entry.owned:
+        return []
+    mine = _files(entry)
+    for other in remaining:
+        if mine & _files(other):
+            other.owned = True
+    used = set().union(*(_files(e) for e in remaining)) if remaining else set()
+    deleted: list[Path] = []
+    for file in entry.files or [entry.path]:
+        deleted += _delete_file(Path(file), used)
+    return deleted
 
 
 def check_name(name: str) -> None:
@@ -250,9 +272,11 @@ def check_name(name: str) -> None:
 
 
 def file_name(name: str) -> str:
-    """The file name of a model edgesrm makes for store name ``name``: one per name (':' is not
-    allowed in names' other characters, so '@' standing for it cannot collide)."""
-    return name.replace(":", "@") + ".gguf"
+    """A new file name for a model edgesrm makes for store name ``name``: the name (':' as '@')
+    and a random part, so that two pulls never write one file."""
+    import uuid
+
+    return f"{name.replace(':', '@')}.{uuid.uuid4().hex[:8]}.gguf"
 
 
 def _same_model(a: StoreEntry, b: StoreEntry) -> bool:
@@ -264,25 +288,23 @@ def _real(path: str) -> str:
 
 
 def _delete_file(path: Path, used: set[str]) -> list[Path]:
-    """Delete ``path`` unless another entry uses the file it points to. A link into
-    huggingface-hub's cache (snapshots/REV/FILE -> ../../blobs/SHA) goes with its blob, unless
-    another snapshot of that repo still links to the blob."""
-    deleted = []
+    """Delete the file ``path`` is or points to, unless a remaining entry uses it (``used``:
+    real paths). In huggingface-hub's cache (snapshots/REV/FILE -> ../../blobs/SHA) the blob goes
+    with every snapshot link to it, so that no revision is left with a dangling link."""
     real = Path(_real(str(path)))
     if str(real) in used:
-        return deleted
+        return []
     if path.is_symlink():
         path.unlink(missing_ok=True)
-        repo_dir = real.parent.parent  # .../models--org--name (real is .../blobs/SHA)
-        snapshots = repo_dir / "snapshots"
-        if real.parent.name == "blobs" and snapshots.is_dir():
-            for link in snapshots.rglob("*"):
-                if link.is_symlink() and _real(str(link)) == str(real):
-                    return deleted  # another revision of the repo still has it
+    snapshots = real.parent.parent / "snapshots"
+    if real.parent.name == "blobs" and snapshots.is_dir():
+        for link in snapshots.rglob("*"):
+            if link.is_symlink() and _real(str(link)) == str(real):
+                link.unlink(missing_ok=True)
     if real.is_file():
         real.unlink()
-        deleted.append(real)
-    return deleted
+        return [real]
+    return []
 
 
 def resolve_name(model: str) -> Path | None:

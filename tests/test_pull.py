@@ -240,7 +240,7 @@ def test_rm_keeps_a_blob_another_entry_uses(env, quants_repo):
     a = pull(quants_repo, name="a")
     pull(quants_repo, name="b")
     blob = Path(os.path.realpath(a.path))
-    assert "another entry uses it" in run("rm", "a").output and blob.is_file()
+    assert "kept: b uses it" in run("rm", "a").output and blob.is_file()
     assert "deleted 1 file" in run("rm", "b").output and not blob.exists()
     assert ModelStore().entries() == []
 
@@ -424,3 +424,60 @@ def test_an_entry_whose_file_is_gone(env, tmp_path):
     result = run("show", "gone")
     assert result.exit_code == 1 and "pull it again" in result.output
     assert "already gone" in run("rm", "gone").output
+
+
+def test_rm_of_one_file_pulled_at_two_revisions_deletes_it_once_unused(env, hub, quants_repo):  # noqa: F811
+    old = pull(quants_repo, name="old")
+    hub.add_repo(quants_repo, {"Tiny-Q4_K_M.gguf": Path(os.path.realpath(old.path)).read_bytes(),
+                               "README.md": b"changed"})
+    new = pull(quants_repo, name="new")
+    assert new.revision != old.revision and os.path.realpath(new.path) == os.path.realpath(old.path)
+    assert "kept: new uses it" in run("rm", "old").output
+    assert "deleted 1 file" in run("rm", "new").output
+    assert blobs(env) == [] and not any(p.is_symlink() for p in (env / "hf").rglob("*.gguf"))
+
+
+def test_a_newer_pull_of_the_same_name_deletes_the_old_download(env, hub, quants_repo, tmp_path):  # noqa: F811
+    first = pull(quants_repo)
+    hub.add_repo(quants_repo, {"Tiny-Q4_K_M.gguf": tiny_gguf(tmp_path / "v2.gguf", "version 2")})
+    second = pull(quants_repo)
+    assert second.name == first.name and second.sha256 != first.sha256
+    assert [b.name for b in blobs(env)] == [second.sha256]  # the old blob went with its entry
+
+
+def test_two_pulls_racing_for_one_name_one_fails(env, quants_repo, tmp_path):
+    """The name check is repeated under the store's lock when the entry is written."""
+    from edgesrm import pull as pull_module
+
+    mine = tiny_gguf(tmp_path / "mine.gguf", "mine")
+    real_check = pull_module._check_name_free
+    pull_module._check_name_free = lambda *a: None  # as if the other pull registered after our check
+    try:
+        pull(str(mine), name="racer", copy=True)
+        with pytest.raises(EdgesrmError, match="already has a model called 'racer'"):
+            pull(quants_repo, name="racer")
+    finally:
+        pull_module._check_name_free = real_check
+    assert ModelStore().get("racer").source == "file"
+
+
+def test_a_relative_store_home_is_made_absolute(env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGESRM_HOME", "relstore")
+    f = tiny_gguf(tmp_path / "rel.gguf", "rel")
+    assert run("pull", str(f), "--name", "rel", "--copy").exit_code == 0
+    assert Path(ModelStore().get("rel").path).is_absolute()
+
+
+def test_a_local_file_is_listed_with_the_quant_it_declares(env, tmp_path, model_path):
+    named_wrong = tmp_path / "smol-Q8_0.gguf"
+    named_wrong.symlink_to(model_path)
+    run("pull", str(named_wrong), "--name", "smol")
+    assert ModelStore().get("smol").quant == "Q4_1"
+
+
+def test_a_file_in_the_way_of_a_store_name(env, tmp_path, monkeypatch, model_path):
+    run("pull", str(model_path), "--name", "smol")
+    monkeypatch.chdir(tmp_path)
+    Path("smol").write_text("notes, not a model")
+    assert run("info", "smol").exit_code == 0  # the store's model, not the text file

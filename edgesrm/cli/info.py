@@ -37,7 +37,8 @@ def info_rows(mi) -> list[tuple[str, str]]:
         ("file", mi.path),
         ("name", mi.name),
         ("architecture", mi.architecture),
-        ("parameters", f"{mi.parameters:,} ({mi.parameters / 1e9:.2f} B)"),
+        ("parameters", f"{mi.parameters:,} ({mi.parameters / 1e9:.2f} B)" if mi.parameters >= 10**8
+         else f"{mi.parameters:,} ({mi.parameters / 1e6:.1f} M)"),
         ("quantization", mi.quantization),
         ("file size", f"{mi.file_bytes / 2**20:,.1f} MiB"),
         ("context length", f"{mi.context_length:,}" if mi.context_length else "unknown"),

@@ -32,10 +32,10 @@ def list_models(as_json: bool) -> None:
         click.echo(f"no models in the store ({store.home}); fetch one with `edgesrm pull`", err=True)
         return
     width = max(len(e.name) for e in entries)
-    click.echo(f"{'NAME':<{width}}  {'QUANT':<8}  {'SIZE':>10}  SOURCE")
+    click.echo(f"{'NAME':<{width}}  {'QUANT':<8}  {'SIZE':>12}  SOURCE")
     for e in entries:
         gone = "  (file missing: pull it again or rm it)" if e.missing else ""
-        click.echo(f"{e.name:<{width}}  {e.quant or '?':<8}  {e.size / 2**20:>6,.0f} MiB  {e.source}{gone}")
+        click.echo(f"{e.name:<{width}}  {e.quant or '?':<8}  {e.size / 2**20:>8,.1f} MiB  {e.source}{gone}")
 
 
 @click.command()
@@ -84,13 +84,13 @@ def rm(name: str) -> None:
     """
     from ..store import ModelStore
 
-    entry, deleted = ModelStore().remove(name)
+    entry, deleted, users = ModelStore().remove(name)
     freed = len(deleted)
     if deleted:
         click.echo(f"removed {entry.name}; deleted {freed} file{'s' if freed > 1 else ''} ({entry.size / 2**20:,.1f} MiB)")
+    elif users:
+        click.echo(f"removed {entry.name}; its file is kept: {', '.join(users)} uses it")
     elif entry.missing:
         click.echo(f"removed {entry.name}; its file was already gone")
-    elif entry.owned:
-        click.echo(f"removed {entry.name}; its file is kept: another entry uses it")
     else:
         click.echo(f"removed {entry.name}; its file is yours and was left in place: {entry.path}")
