@@ -12,7 +12,7 @@ from edgesrm.budget import Budget, Deadline
 from edgesrm.chat import ChatFormat
 from edgesrm.engine import SamplingParams
 from edgesrm.errors import EdgesrmError
-from edgesrm.runtime import Runtime
+from edgesrm.runtime import Runtime, load
 from edgesrm.strategies import STRATEGIES, Task, auto, run_strategy
 from edgesrm.strategies.self_consistency import (
     first_paths, lead_probability, lowest_group_confidence, paths_needed, vote_decided,
@@ -21,7 +21,9 @@ from edgesrm.strategies.self_consistency import (
 SHEEP = "A farmer has 17 sheep and buys 5 more. How many sheep does he have now?"
 ESSAY = "Write a long essay about the history of the Roman empire."
 # Seeds found to make the 135M model write its own 'Final answer:' line for these prompts.
-ANSWERS_ITSELF = [(SHEEP, 2), ("What is 15 + 27?", 5)]
+# (question, seed) where the embedded model writes its own "Final answer:" line, on an engine without
+# the prefix cache (`replay`), whose texts do not depend on what earlier tests left cached.
+ANSWERS_ITSELF = [(SHEEP, 1), ("What is 15 + 27?", 5)]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,17 @@ def task(rt, question, *, seed=1, budget=None, chat=None, **kw) -> Task:
                 deadline=Deadline(budget.deadline_s if budget else None), **kw)
 
 
+@pytest.fixture(scope="module")
+def replay(model_path):
+    """A runtime whose texts depend only on the question and seed: no prefix cache."""
+    with load(model_path, n_ctx=2048, max_sequences=1, cache_prompt=False) as runtime:
+        yield runtime
+
+
 @pytest.mark.parametrize("question, seed", ANSWERS_ITSELF)
-def test_cot_answers_on_its_final_answer_line(rt, question, seed):
+def test_cot_answers_on_its_final_answer_line(replay, question, seed):
     streamed = []
-    result = rt.ask(question, strategy="cot", seed=seed, max_tokens=200, on_text=lambda k, t: streamed.append((k, t)))
+    result = replay.ask(question, strategy="cot", seed=seed, max_tokens=200, on_text=lambda k, t: streamed.append((k, t)))
     path = result.paths[0]
     assert path.finish_reason == "answered"
     assert result.extracted is not None and result.extracted == path.answer
