@@ -132,7 +132,8 @@ def _reading(what: str) -> Iterator[None]:
     try:
         yield
     except (TypeError, AttributeError, KeyError, IndexError, ValueError, ZeroDivisionError) as exc:
-        raise EdgesrmError(f"{what} has a value edgesrm cannot read ({type(exc).__name__}: {exc})") from None
+        raise EdgesrmError(f"cannot read {what}: a value of an unexpected type or form "
+                           f"({type(exc).__name__}: {exc})") from None
 
 
 def _read_config(directory: Path) -> dict:
