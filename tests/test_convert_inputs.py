@@ -188,7 +188,8 @@ def test_an_unexpected_value_while_reading_is_one_error_naming_the_file(reader, 
         return None + 1
 
     monkeypatch.setattr(conversion, reader, fail)
-    with pytest.raises(EdgesrmError, match=f"cannot read {what} .*: a value of an unexpected type or form \\(TypeError"):
+    with pytest.raises(EdgesrmError, match=f"cannot read {what} .*: a value of an unexpected type or form "
+                                           "\\(TypeError"):
         convert(good, tmp_path / "out.gguf", progress=False)
     assert not (tmp_path / "out.gguf").exists()
 

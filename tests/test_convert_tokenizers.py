@@ -317,7 +317,8 @@ MALFORMED_TOKENIZERS = {
     "pre_tokenizer Sequence of null": (set_key("pre_tokenizer", {"type": "Sequence", "pretokenizers": None}),
                                        '"pretokenizers": null'),
     "merges null": (set_key("model.merges", None), '"model.merges" is null, not a list'),
-    "vocabulary ids are strings": (lambda tok: tok["model"].update(vocab={t: str(i) for t, i in tok["model"]["vocab"].items()}),
+    "vocabulary ids are strings": (lambda tok: tok["model"].update(vocab={t: str(i) for t, i in
+                                                                          tok["model"]["vocab"].items()}),
                                    "the id '0', not a non-negative integer"),
     "added token without id": (lambda tok: tok["added_tokens"].append({"content": "<x>", "special": True}),
                                "needs an integer id"),
@@ -358,7 +359,8 @@ MALFORMED_TEXT_CONFIGS = {
     "query_pre_attn_scalar string": ({"query_pre_attn_scalar": "64"}, "query_pre_attn_scalar is '64', not a number"),
     "query_pre_attn_scalar null": ({"query_pre_attn_scalar": None}, "it has no 'query_pre_attn_scalar'"),
     "layer_types integer": ({"layer_types": 3}, "layer_types is 3, not a list of"),
-    "layer_types unknown": ({"layer_types": ["foo", "bar", "baz"]}, "not a list of full_attention or sliding_attention"),
+    "layer_types unknown": ({"layer_types": ["foo", "bar", "baz"]},
+                            "not a list of full_attention or sliding_attention"),
     "rope_parameters string": ({"rope_parameters": "default"}, "rope_parameters is 'default', not an object"),
     "rope_parameters.sliding_attention string": (
         {"rope_parameters": {"full_attention": {"rope_theta": 1e6}, "sliding_attention": "x"}},
@@ -366,8 +368,10 @@ MALFORMED_TEXT_CONFIGS = {
     "rope_theta string": ({"rope_parameters": {"full_attention": {"rope_theta": "big"}, "sliding_attention": {}}},
                           "rope_parameters.full_attention.rope_theta is 'big', not a number"),
     "rms_norm_eps string": ({"rms_norm_eps": "abc"}, "rms_norm_eps is 'abc', not a number"),
-    "final_logit_softcapping string": ({"final_logit_softcapping": "abc"}, "final_logit_softcapping is 'abc', not a number"),
-    "tie_word_embeddings string": ({"tie_word_embeddings": "false"}, "tie_word_embeddings is 'false', not true or false"),
+    "final_logit_softcapping string": ({"final_logit_softcapping": "abc"},
+                                       "final_logit_softcapping is 'abc', not a number"),
+    "tie_word_embeddings string": ({"tie_word_embeddings": "false"},
+                                   "tie_word_embeddings is 'false', not true or false"),
 }
 
 
