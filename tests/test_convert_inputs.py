@@ -144,6 +144,19 @@ def damage(ckpt: Path, kind: str) -> tuple[str, ...]:
     if kind == "tokenizer larger than the embedding":
         edit_json(ckpt / "config.json", vocab_size=100)
         return ("vocab_size is 100",)
+    if kind == "tokenizer normalizer is a string":
+        edit_json(ckpt / "tokenizer.json", normalizer="NFC")
+        return ("tokenizer.json", '"normalizer" is "NFC", not an object')
+    if kind == "tokenizer added token without id":
+        added = json.loads((ckpt / "tokenizer.json").read_text())["added_tokens"]
+        edit_json(ckpt / "tokenizer.json", added_tokens=[*added, {"content": "<x>", "special": True}])
+        return ("tokenizer.json", "needs an integer id")
+    if kind == "config number is a string":
+        edit_json(ckpt / "config.json", rms_norm_eps="abc")
+        return ("config.json", "rms_norm_eps is 'abc', not a number")
+    if kind == "config rope_parameters is a string":
+        edit_json(ckpt / "config.json", rope_parameters="linear")
+        return ("config.json", "rope_parameters is 'linear', not an object")
     if kind == "config is not json":
         (ckpt / "config.json").write_text("{oops")
         return ("config.json", "not valid JSON")
@@ -154,6 +167,8 @@ def damage(ckpt: Path, kind: str) -> tuple[str, ...]:
     "missing config", "missing weights", "missing shard", "missing tokenizer", "truncated weights", "corrupt header",
     "shape disagrees with config", "unsupported dtype", "missing tensor", "unexpected tensor", "unknown architecture",
     "config without layers", "unknown pre-tokenizer", "tokenizer larger than the embedding", "config is not json",
+    "tokenizer normalizer is a string", "tokenizer added token without id", "config number is a string",
+    "config rope_parameters is a string",
 ])
 def test_bad_checkpoint_is_one_clear_error_and_no_output(kind, ckpt, tmp_path):
     fragments = damage(ckpt, kind)
@@ -161,6 +176,22 @@ def test_bad_checkpoint_is_one_clear_error_and_no_output(kind, ckpt, tmp_path):
     out.parent.mkdir()
     assert_one_error(run_convert(ckpt, out), *fragments)
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("reader, what", [("family_for", "config.json in"), ("load_vocab", "the tokenizer files in")])
+def test_an_unexpected_value_while_reading_is_one_error_naming_the_file(reader, what, good, tmp_path, monkeypatch):
+    """The last line of defence: a type error no check foresaw, while config.json or the
+    tokenizer is read, is one error naming the file."""
+    import edgesrm.convert as conversion
+
+    def fail(*args, **kwargs):
+        return None + 1
+
+    monkeypatch.setattr(conversion, reader, fail)
+    with pytest.raises(EdgesrmError, match=f"cannot read {what} .*: a value of an unexpected type or form "
+                                           "\\(TypeError"):
+        convert(good, tmp_path / "out.gguf", progress=False)
+    assert not (tmp_path / "out.gguf").exists()
 
 
 def test_nan_and_inf_give_a_warning_naming_the_tensor(ckpt, tmp_path):

@@ -265,6 +265,128 @@ def test_unreproducible_sentencepiece_style_tokenizers_are_refused(change, fragm
     assert not (tmp_path / "out.gguf").exists()
 
 
+def edited_copy(src: Path, directory: Path, name: str, edit) -> Path:
+    """``src`` with its JSON file ``name`` changed by ``edit`` (the other files linked, not copied)."""
+    directory.mkdir()
+    for f in src.iterdir():
+        if f.name != name:
+            (directory / f.name).symlink_to(f)
+    data = json.loads((src / name).read_text(encoding="utf-8"))
+    edit(data)
+    (directory / name).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return directory
+
+
+def first_merge(tok: dict) -> tuple[str, str]:
+    left, right = tok["model"]["merges"][0]
+    return left, right
+
+
+def set_id(offset):
+    """The vocabulary id of the first merge's result, changed from that token's id ``i`` to ``offset(i, tok)``."""
+    def edit(tok):
+        token = "".join(first_merge(tok))
+        tok["model"]["vocab"][token] = offset(tok["model"]["vocab"][token], tok)
+    return edit
+
+
+def set_key(path: str, value):
+    def edit(tok):
+        *parents, last = path.split(".")
+        target = tok
+        for part in parents:
+            target = target[part]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+    return edit
+
+
+# tokenizer.json edits, each one error: malformed values (A), and values transformers loads or
+# rejects but llama.cpp's SentencePiece tokenizer cannot reproduce (B).
+MALFORMED_TOKENIZERS = {
+    "normalizer is a string": (set_key("normalizer", "NFC"), '"normalizer" is "NFC", not an object'),
+    "normalizer Sequence of null": (set_key("normalizer", {"type": "Sequence", "normalizers": None}),
+                                    '"normalizers": null, not a list of objects'),
+    "normalizer Sequence of strings": (set_key("normalizer", {"type": "Sequence", "normalizers": ["NFC"]}),
+                                       "not a list of objects"),
+    "normalizer Sequence of a dict": (set_key("normalizer", {"type": "Sequence", "normalizers": {"a": 1}}),
+                                      "not a list of objects"),
+    "pre_tokenizer is a string": (set_key("pre_tokenizer", "Metaspace"), '"pre_tokenizer" is "Metaspace"'),
+    "pre_tokenizer Sequence of null": (set_key("pre_tokenizer", {"type": "Sequence", "pretokenizers": None}),
+                                       '"pretokenizers": null'),
+    "merges null": (set_key("model.merges", None), '"model.merges" is null, not a list'),
+    "vocabulary ids are strings": (lambda tok: tok["model"].update(vocab={t: str(i) for t, i in
+                                                                          tok["model"]["vocab"].items()}),
+                                   "the id '0', not a non-negative integer"),
+    "added token without id": (lambda tok: tok["added_tokens"].append({"content": "<x>", "special": True}),
+                               "needs an integer id"),
+    "added token with a string id": (lambda tok: tok["added_tokens"].append({"id": "5", "content": "<x>"}),
+                                     "needs an integer id"),
+    "added token with a null id": (lambda tok: tok["added_tokens"].append({"id": None, "content": "<x>"}),
+                                   "needs an integer id"),
+    "added token with a dict id": (lambda tok: tok["added_tokens"].append({"id": {}, "content": "<x>"}),
+                                   "needs an integer id"),
+    "no merges": (set_key("model.merges", []), "it has no merges, but its vocabulary has tokens made of other tokens"),
+    "merges key missing": (set_key("model.merges", KeyError), "it has no merges"),
+    "float id": (set_id(lambda i, tok: i + 0.5), ".5, not a non-negative integer"),
+    "duplicate id": (set_id(lambda i, tok: tok["model"]["vocab"]["<0x41>"]), "the same id"),
+    "negative id": (set_id(lambda i, tok: -5), "the id -5, not a non-negative integer"),
+    "merged token missing from the vocabulary": (lambda tok: tok["model"]["vocab"].pop("".join(first_merge(tok))),
+                                                 "which its vocabulary does not have"),
+    "merge of unknown tokens": (lambda tok: tok["model"]["merges"].insert(0, "qqq rrr"),
+                                "merge 'qqq' + 'rrr' of tokens its vocabulary does not have"),
+    "a split of a token that is not a merge": (lambda tok: tok["model"]["merges"].pop(0), "are not one of its merges"),
+    "unknown prepend_scheme": (set_key("pre_tokenizer.prepend_scheme", "sometimes"),
+                               "prepend_scheme 'sometimes'; tokenizers knows first, always and never"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_TOKENIZERS)
+def test_malformed_or_unreproducible_tokenizer_json_is_one_error(case, ckpt, tmp_path):
+    edit, fragment = MALFORMED_TOKENIZERS[case]
+    directory = edited_copy(ckpt("llama2-json"), tmp_path / "ckpt", "tokenizer.json", edit)
+    with pytest.raises(EdgesrmError) as err:
+        convert(directory, tmp_path / "out.gguf", progress=False)
+    message = str(err.value)
+    assert "tokenizer.json" in message and fragment in message and "\n" not in message, message
+    assert not (tmp_path / "out.gguf").exists()
+
+
+# Gemma3ForConditionalGeneration text_config values of the wrong type: one error naming the key.
+MALFORMED_TEXT_CONFIGS = {
+    "query_pre_attn_scalar string": ({"query_pre_attn_scalar": "64"}, "query_pre_attn_scalar is '64', not a number"),
+    "query_pre_attn_scalar null": ({"query_pre_attn_scalar": None}, "it has no 'query_pre_attn_scalar'"),
+    "layer_types integer": ({"layer_types": 3}, "layer_types is 3, not a list of"),
+    "layer_types unknown": ({"layer_types": ["foo", "bar", "baz"]},
+                            "not a list of full_attention or sliding_attention"),
+    "rope_parameters string": ({"rope_parameters": "default"}, "rope_parameters is 'default', not an object"),
+    "rope_parameters.sliding_attention string": (
+        {"rope_parameters": {"full_attention": {"rope_theta": 1e6}, "sliding_attention": "x"}},
+        "rope_parameters.sliding_attention is 'x', not an object"),
+    "rope_theta string": ({"rope_parameters": {"full_attention": {"rope_theta": "big"}, "sliding_attention": {}}},
+                          "rope_parameters.full_attention.rope_theta is 'big', not a number"),
+    "rms_norm_eps string": ({"rms_norm_eps": "abc"}, "rms_norm_eps is 'abc', not a number"),
+    "final_logit_softcapping string": ({"final_logit_softcapping": "abc"},
+                                       "final_logit_softcapping is 'abc', not a number"),
+    "tie_word_embeddings string": ({"tie_word_embeddings": "false"},
+                                   "tie_word_embeddings is 'false', not true or false"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_TEXT_CONFIGS)
+def test_malformed_gemma3_text_config_is_one_error(case, ckpt, tmp_path):
+    change, fragment = MALFORMED_TEXT_CONFIGS[case]
+    directory = edited_copy(ckpt("multimodal"), tmp_path / "ckpt", "config.json",
+                            lambda config: config["text_config"].update(change))
+    with pytest.raises(EdgesrmError) as err:
+        convert(directory, tmp_path / "out.gguf", progress=False)
+    message = str(err.value)
+    assert "config.json" in message and fragment in message and "\n" not in message, message
+    assert not (tmp_path / "out.gguf").exists()
+
+
 # -- Gemma 3's real vocabulary -----------------------------------------------------------------
 
 REAL_GEMMA3_SIZE = dict(num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=2,

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gguf
@@ -60,10 +61,12 @@ def convert(
     check_destination(out, force)
 
     directory, name = resolve_source(str(src), revision)
-    config = _read_config(directory)
-    family = family_for(config, directory)
-    vocab = load_vocab(directory, None if family.trim_vocab else family.vocab_size,
-                       prefer_sentencepiece=family.prefer_sentencepiece)
+    with _reading(f"config.json in {directory}"):
+        config = _read_config(directory)
+        family = family_for(config, directory)
+    with _reading(f"the tokenizer files in {directory}"):
+        vocab = load_vocab(directory, None if family.trim_vocab else family.vocab_size,
+                           prefer_sentencepiece=family.prefer_sentencepiece)
     weights, left_out = family.select_weights(open_checkpoint(directory))
     if outtype is None:
         outtype = _lossless_type(weights) if quant else "f16"
@@ -120,6 +123,17 @@ def quantize(
 
 def _stderr_note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """The last line of defence while reading config.json and the tokenizer: a value of a type
+    or form that no check expected is one error naming the file, not a traceback."""
+    try:
+        yield
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, ZeroDivisionError) as exc:
+        raise EdgesrmError(f"cannot read {what}: a value of an unexpected type or form "
+                           f"({type(exc).__name__}: {exc})") from None
 
 
 def _read_config(directory: Path) -> dict:

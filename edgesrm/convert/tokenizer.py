@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ def load_vocab(directory: Path, n_vocab: int | None, *, prefer_sentencepiece: bo
     tokenizer_json = directory / "tokenizer.json"
     spm_file = directory / "tokenizer.model"
     parsed = _load_json(tokenizer_json) if tokenizer_json.is_file() else None
+    if parsed is not None:
+        _check_types(parsed, tokenizer_json)
     byte_level = parsed is not None and _is_byte_level(parsed)
 
     if spm_file.is_file() and (prefer_sentencepiece or not byte_level):
@@ -123,6 +126,63 @@ def load_vocab(directory: Path, n_vocab: int | None, *, prefer_sentencepiece: bo
 
 def _load_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, "a tokenizer definition")
+
+
+def _check_types(tok: dict, path: Path) -> None:
+    """The parts of tokenizer.json the converter reads have the JSON types tokenizers gives them."""
+    def bad(what: str) -> EdgesrmError:
+        return EdgesrmError(f"{path} is not a valid tokenizer definition: {what}")
+
+    for key in ("normalizer", "pre_tokenizer", "decoder", "model"):
+        if tok.get(key) is not None and not isinstance(tok[key], dict):
+            raise bad(f'"{key}" is {json.dumps(tok[key])[:80]}, not an object')
+
+    def check_sequence(node: dict | None, key: str, steps_key: str) -> None:
+        if node is None or node.get("type") != "Sequence":
+            return
+        steps = node.get(steps_key)
+        if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+            raise bad(f'the {key} Sequence has "{steps_key}": {json.dumps(steps)[:80]}, not a list of objects')
+        for step in steps:
+            check_sequence(step, key, steps_key)
+
+    check_sequence(tok.get("normalizer"), "normalizer", "normalizers")
+    check_sequence(tok.get("pre_tokenizer"), "pre_tokenizer", "pretokenizers")
+    merges = (tok.get("model") or {}).get("merges", [])
+    if not isinstance(merges, list):
+        raise bad(f'"model.merges" is {json.dumps(merges)[:80]}, not a list')
+    added = tok.get("added_tokens", [])
+    if not isinstance(added, list):
+        raise bad(f'"added_tokens" is {json.dumps(added)[:80]}, not a list')
+    for entry in added:
+        if not isinstance(entry, dict) or not _is_id(entry.get("id")) or not isinstance(entry.get("content"), str):
+            raise bad(f"the added token {json.dumps(entry)[:120]} needs an integer id and a text content")
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tokens_by_id(tok: dict, path: Path) -> tuple[dict[int, str], dict[int, dict]]:
+    """The BPE vocabulary and the added tokens by id (the added ones replacing the vocabulary's),
+    and the added tokens' entries by id."""
+    vocab = tok["model"].get("vocab")
+    if not isinstance(vocab, dict):
+        raise EdgesrmError(f"{path} has no BPE vocabulary")
+    id_to_token: dict[int, str] = {}
+    for text, i in vocab.items():
+        if not _is_id(i):
+            raise EdgesrmError(f"{path} gives the token {text!r} the id {i!r}, not a non-negative integer")
+        if i in id_to_token:
+            raise EdgesrmError(f"{path} gives the tokens {id_to_token[i]!r} and {text!r} the same id {i}")
+        id_to_token[i] = text
+    added: dict[int, dict] = {}
+    for entry in tok.get("added_tokens", []):
+        id_to_token[entry["id"]] = entry["content"]
+        added[entry["id"]] = entry
+    if not id_to_token:
+        raise EdgesrmError(f"{path} has no tokens")
+    return id_to_token, added
 
 
 def _steps(pre: dict | None) -> list[dict]:
@@ -184,11 +244,7 @@ def _bpe_vocab(directory: Path, tok: dict, n_vocab: int | None) -> Vocab:
     if normalizer and normalizer.get("type") != "NFC":  # NFC leaves ordinary text unchanged
         logging.getLogger(__name__).warning("tokenizer.json normalizer %s is ignored", normalizer.get("type"))
 
-    id_to_token: dict[int, str] = {i: t for t, i in model["vocab"].items()}
-    added: dict[int, dict] = {}
-    for entry in tok.get("added_tokens", []):
-        id_to_token[entry["id"]] = entry["content"]
-        added[entry["id"]] = entry
+    id_to_token, added = _tokens_by_id(tok, directory / "tokenizer.json")
     size = _vocab_size(directory, max(id_to_token) + 1, n_vocab)
 
     tokens: list[str] = []
@@ -261,9 +317,13 @@ def _normalizers(tok: dict) -> list[dict]:
     return list(node.get("normalizers", [])) if node.get("type") == "Sequence" else [node]
 
 
+def _string_pattern(step: dict) -> Any:
+    pattern = step.get("pattern")
+    return pattern.get("String") if isinstance(pattern, dict) else None
+
+
 def _replaces_spaces(step: dict) -> bool:
-    return (step.get("type") == "Replace" and (step.get("pattern") or {}).get("String") == " "
-            and step.get("content") == SPACE)
+    return step.get("type") == "Replace" and _string_pattern(step) == " " and step.get("content") == SPACE
 
 
 def escapes_spaces(tok: dict) -> bool:
@@ -280,8 +340,10 @@ def sentencepiece_style(tok: dict, where: Path) -> bool:
     text between special tokens, falling back to ``<0xNN>`` tokens for characters it has no
     token for. So: a plain BPE with byte fallback, spaces replaced by ▁ (the normalizer
     ``Replace(" ", "▁")``, or Metaspace), optionally a prepended ▁ (the normalizer
-    ``Prepend("▁")``, or Metaspace's prepend_scheme), and no split into words that a merge
-    could otherwise cross. Anything else is an error naming what does not fit.
+    ``Prepend("▁")``, or Metaspace's prepend_scheme), no split into words that a merge
+    could otherwise cross, and merges that ``merge_scores`` can turn into scores (each joins
+    two vocabulary tokens into one, and every two tokens that make a token are a merge).
+    Anything else is an error naming what does not fit.
     """
     model = tok.get("model") or {}
 
@@ -312,40 +374,75 @@ def sentencepiece_style(tok: dict, where: Path) -> bool:
         if kind == "Metaspace" and step.get("replacement", SPACE) == SPACE:
             escaped = True
             scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
+            if scheme not in ("first", "always", "never"):
+                raise EdgesrmError(f"{where} has a Metaspace prepend_scheme {scheme!r}; "
+                                   "tokenizers knows first, always and never")
             prefix = prefix or scheme in ("always", "first")
             split = split or bool(step.get("split", False))
-        elif kind == "Split" and escaped and (step.get("pattern") or {}).get("String") == " ":
+        elif kind == "Split" and escaped and _string_pattern(step) == " ":
             continue  # Gemma's Split(" ") after Replace(" ", "▁"): no spaces are left to split on
         else:
             raise refuse(f"pre-tokenizer {json.dumps(step)[:200]}")
     if not escaped:
         raise refuse("it does not write spaces as ▁")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise EdgesrmError(f"{where} has no BPE vocabulary")
+    pairs = _merge_pairs(model, where)
+    for left, right in pairs:  # transformers refuses to load these too
+        if left not in vocab or right not in vocab:
+            raise EdgesrmError(f"{where} has a merge {left!r} + {right!r} of tokens its vocabulary does not have")
+        if left + right not in vocab:
+            raise EdgesrmError(f"{where} has a merge {left!r} + {right!r} into {left + right!r}, "
+                               "which its vocabulary does not have")
     if split:
         # Metaspace(split=True) cuts the text before each ▁; llama.cpp does not cut it, which is the
         # same as long as no merge makes a token with a ▁ after its first character.
-        crossing = [t for t in _merge_results(model) if SPACE in t[1:]]
+        crossing = [left + right for left, right in pairs if SPACE in (left + right)[1:]]
         if crossing:
             raise refuse(f"its pre-tokenizer splits words at ▁ but merges make tokens across words ({crossing[0]!r})")
+    _check_every_split_is_a_merge(vocab, pairs, refuse)
     return prefix
 
 
-def _merge_pairs(model: dict) -> list[tuple[str, str]]:
+def _splits(vocab: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Every way of cutting a vocabulary token in two vocabulary tokens."""
+    for text in vocab:
+        for k in range(1, len(text)):
+            if text[:k] in vocab and text[k:] in vocab:
+                yield text[:k], text[k:]
+
+
+def _check_every_split_is_a_merge(vocab: dict[str, Any], pairs: list[tuple[str, str]],
+                                  refuse: Callable[[str], EdgesrmError]) -> None:
+    """What ``merge_scores`` relies on: every two tokens that make a token are a merge, else
+    llama.cpp joins them where the BPE does not. Every (checked) merge is such a split, so it
+    holds when there are as many distinct merges as splits (counting them costs under a second
+    for Gemma 3's 262,144 tokens; finding the missing one runs only when it fails)."""
+    merges = set(pairs)
+    if sum(1 for _ in _splits(vocab)) == len(merges):
+        return
+    left, right = next(split for split in _splits(vocab) if split not in merges)
+    if not merges:
+        raise refuse(f"it has no merges, but its vocabulary has tokens made of other tokens ({left + right!r}: "
+                     "transformers never produces them, llama.cpp would)")
+    raise refuse(f"{left!r} and {right!r} make its token {left + right!r} but are not one of its merges "
+                 "(llama.cpp would join them, transformers does not)")
+
+
+def _merge_pairs(model: dict, where: Path | str = "tokenizer.json") -> list[tuple[str, str]]:
     pairs = []
-    for merge in model.get("merges", []):
+    for merge in model.get("merges") or []:
         if isinstance(merge, str):
             left, sep, right = merge.partition(" ")
-        elif isinstance(merge, list) and len(merge) == 2:
+        elif isinstance(merge, list) and len(merge) == 2 and all(isinstance(part, str) for part in merge):
             left, sep, right = merge[0], " ", merge[1]
         else:
             sep = ""
         if not sep:
-            raise EdgesrmError(f"tokenizer.json has a malformed merge: {merge!r}")
+            raise EdgesrmError(f"{where} has a malformed merge: {merge!r}")
         pairs.append((left, right))
     return pairs
-
-
-def _merge_results(model: dict) -> list[str]:
-    return [left + right for left, right in _merge_pairs(model)]
 
 
 def merge_scores(model: dict) -> dict[str, float]:
@@ -356,12 +453,12 @@ def merge_scores(model: dict) -> dict[str, float]:
     is the vocabulary token with the highest score (leftmost on ties, as the BPE). With
     score(token) = -(rank of the first merge that makes it), the pair the BPE picks is the one
     llama.cpp picks, provided every pair of tokens that concatenates to a token is itself a
-    merge: true of tokenizer.json files converted from SentencePiece models, whose merge lists
-    hold every such pair, ranked by the result's SentencePiece score.
+    merge (``sentencepiece_style`` checks it): true of tokenizer.json files converted from
+    SentencePiece models, whose merge lists hold every such pair, ranked by the result's SentencePiece score.
     """
     scores: dict[str, float] = {}
-    for rank, text in enumerate(_merge_results(model)):
-        scores.setdefault(text, -float(rank))
+    for rank, (left, right) in enumerate(_merge_pairs(model)):
+        scores.setdefault(left + right, -float(rank))
     return scores
 
 
@@ -374,16 +471,9 @@ def _sentencepiece_style_vocab(directory: Path, tok: dict, n_vocab: int | None) 
         if isinstance(explicit, bool):
             add_space_prefix = explicit
     model = tok["model"]
-    if not isinstance(model.get("vocab"), dict):
-        raise EdgesrmError(f"{path} has no BPE vocabulary")
+    id_to_token, added = _tokens_by_id(tok, path)
     scores_by_text = merge_scores(model)
     floor = -float(len(model.get("merges") or []) + 1)  # below every merge: for tokens no merge makes
-
-    id_to_token: dict[int, str] = {i: t for t, i in model["vocab"].items()}
-    added: dict[int, dict] = {}
-    for entry in tok.get("added_tokens", []):
-        id_to_token[entry["id"]] = entry["content"]
-        added[entry["id"]] = entry
     size = _vocab_size(directory, max(id_to_token) + 1, n_vocab)
     missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in model["vocab"]]
     if missing:

@@ -8,8 +8,9 @@ implies, given an output type and, where llama.cpp stores it differently, a tran
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +58,8 @@ class Decoder:
         self.n_head = self._int("num_attention_heads")
         self.n_head_kv = self._int("num_key_value_heads", self.n_head)
         self.vocab_size = self._int("vocab_size")
+        if not self.n_head or not self.n_head_kv:
+            raise self.bad("it has no attention heads (num_attention_heads or num_key_value_heads is 0)")
         explicit_head_dim = config.get("head_dim")
         if explicit_head_dim is None and self.n_embd % self.n_head:
             raise self.bad(f"hidden_size {self.n_embd} is not a multiple of num_attention_heads {self.n_head}")
@@ -65,10 +68,13 @@ class Decoder:
         if self.n_head % self.n_head_kv:
             raise self.bad(f"num_attention_heads {self.n_head} is not a multiple of num_key_value_heads {self.n_head_kv}")
         self.n_ctx = self._int("max_position_embeddings", 0) or None
-        self.rms_eps = float(config.get("rms_norm_eps", 1e-6))
-        self.tied = bool(config.get("tie_word_embeddings", self.tied_default))
-        self.rope = rope_parameters(config)
-        self.rope_theta = float(self.rope.get("rope_theta", config.get("rope_theta", self.rope_theta_default)))
+        self.rms_eps = self._float("rms_norm_eps", 1e-6)
+        self.tied = config.get("tie_word_embeddings", self.tied_default)
+        if not isinstance(self.tied, bool):
+            raise self.bad(f"tie_word_embeddings is {self.tied!r}, not true or false")
+        self.rope = rope_parameters(config, self.bad)
+        self.rope_theta = self.number("rope_theta", self.rope.get("rope_theta", config.get("rope_theta",
+                                                                                            self.rope_theta_default)))
 
     # -- config helpers ----------------------------------------------------------------
 
@@ -82,6 +88,17 @@ class Decoder:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self.bad(f"{key} is {value!r}, not a non-negative integer")
         return value
+
+    def _float(self, key: str, default: float | None = None) -> float:
+        return self.number(key, self.config.get(key, default))
+
+    def number(self, key: str, value: Any) -> float:
+        """``value`` (config.json's ``key``) as a float, or the error saying it is not a number."""
+        if value is None:
+            raise self.bad(f"it has no {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.bad(f"{key} is {value!r}, not a number")
+        return float(value)
 
     # -- metadata ------------------------------------------------------------------------
 
@@ -212,11 +229,27 @@ class Decoder:
         return qtype
 
 
-def rope_parameters(config: Mapping[str, Any]) -> dict[str, Any]:
-    """RoPE settings: ``rope_parameters`` (transformers 5) or ``rope_scaling`` (older configs)."""
-    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if "full_attention" in params:  # per layer type (Gemma 3): the global layers' settings
-        params = params["full_attention"] or {}
+ROPE_NUMBERS = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def rope_parameters(config: Mapping[str, Any], bad: Callable[[str], EdgesrmError],
+                    layer_type: str = "full_attention") -> dict[str, Any]:
+    """RoPE settings: ``rope_parameters`` (transformers 5) or ``rope_scaling`` (older configs).
+    Given per layer type (Gemma 3), those of ``layer_type``; otherwise they are the global
+    (full attention) layers'. Numbers are checked to be numbers."""
+    key = "rope_parameters" if config.get("rope_parameters") else "rope_scaling"
+    params = config.get(key) or {}
+    if isinstance(params, dict) and "full_attention" in params:
+        key, params = f"{key}.{layer_type}", params.get(layer_type) or {}
+    elif layer_type != "full_attention":
+        return {}
+    if not isinstance(params, dict):
+        raise bad(f"{key} is {params!r}, not an object")
+    for name in ROPE_NUMBERS:
+        value = params.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise bad(f"{key}.{name} is {value!r}, not a number")
     return dict(params)
 
 

@@ -23,7 +23,10 @@ import numpy as np
 
 from ...errors import EdgesrmError
 from ..safetensors import TensorRef
-from .base import Decoder, T, Transform
+from .base import Decoder, T, Transform, rope_parameters
+
+
+LAYER_TYPES = {"sliding_attention", "full_attention"}
 
 
 def plus_one(x: np.ndarray) -> np.ndarray:
@@ -44,39 +47,44 @@ class Gemma3(Decoder):
         super().__init__(config, directory)
         self.explicit_head_dim = True  # Gemma's head size is not hidden_size / heads
         # llama.cpp scales attention by 1/sqrt(head_dim) (1/sqrt(hidden/heads) for 27B-sized models).
-        scalar = config.get("query_pre_attn_scalar", self.head_dim)
+        scalar = self._float("query_pre_attn_scalar", self.head_dim)
         if not (math.isclose(scalar, self.head_dim) or math.isclose(scalar, self.n_embd / self.n_head)):
-            raise self.bad(f"query_pre_attn_scalar {scalar} is neither head_dim nor hidden_size / heads, "
+            raise self.bad(f"query_pre_attn_scalar {scalar:g} is neither head_dim nor hidden_size / heads, "
                            "which llama.cpp's gemma3 cannot represent")
         if config.get("attn_logit_softcapping"):
             raise self.bad("attn_logit_softcapping is set, which llama.cpp's gemma3 does not implement")
         if config.get("hidden_activation", "gelu_pytorch_tanh") not in ("gelu_pytorch_tanh", "gelu"):
             raise self.bad(f"hidden_activation {config['hidden_activation']!r} is not supported")
+        softcap = config.get("final_logit_softcapping")
+        self.softcap = None if softcap is None else self._float("final_logit_softcapping")
+        self.window = self._int("sliding_window") if config.get("sliding_window") is not None else 0
+        self.pattern = self.sliding_layers()
+        local = rope_parameters(config, self.bad, "sliding_attention")
+        self.local_rope_theta = self.number("rope_theta", local.get(
+            "rope_theta", config.get("rope_local_base_freq", 10000.0)))
 
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         super().write_hparams(w)
-        if softcap := self.config.get("final_logit_softcapping"):
-            w.add_final_logit_softcapping(float(softcap))
-        window = self.config.get("sliding_window")
-        pattern = self.sliding_layers()
-        if window and any(pattern):
-            w.add_sliding_window(int(window))
-            w.add_sliding_window_pattern(pattern)
-            w.add_rope_freq_base_swa(float(self.local_rope_theta()))
+        if self.softcap:
+            w.add_final_logit_softcapping(self.softcap)
+        if self.window and any(self.pattern):
+            w.add_sliding_window(self.window)
+            w.add_sliding_window_pattern(self.pattern)
+            w.add_rope_freq_base_swa(self.local_rope_theta)
 
     def sliding_layers(self) -> list[bool]:
         """Which layers use the sliding window: ``layer_types``, or every layer but each N-th."""
         types = self.config.get("layer_types")
         if types is not None:
+            if not isinstance(types, list) or not all(isinstance(t, str) and t in LAYER_TYPES for t in types):
+                raise self.bad(f"layer_types is {str(types)[:100]}, not a list of {' or '.join(sorted(LAYER_TYPES))}")
             if len(types) != self.n_layer:
                 raise self.bad(f"layer_types lists {len(types)} layers, num_hidden_layers is {self.n_layer}")
             return [t == "sliding_attention" for t in types]
-        every = int(self.config.get("sliding_window_pattern") or self.config.get("_sliding_window_pattern") or 6)
+        every = self.config.get("sliding_window_pattern") or self.config.get("_sliding_window_pattern") or 6
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise self.bad(f"sliding_window_pattern is {every!r}, not a positive integer")
         return [(i + 1) % every != 0 for i in range(self.n_layer)]
-
-    def local_rope_theta(self) -> float:
-        params: dict[str, Any] = (self.config.get("rope_parameters") or {}).get("sliding_attention") or {}
-        return params.get("rope_theta", self.config.get("rope_local_base_freq", 10000.0))
 
     def transform(self, kind: T, hf_name: str) -> tuple[Transform | None, int]:
         if hf_name.endswith("norm.weight"):
