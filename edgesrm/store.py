@@ -1,7 +1,7 @@
 """The local model store: a small index of the models on this machine, by name.
 
 ``edgesrm pull`` adds to it, ``edgesrm list``/``show``/``rm`` read and change it, and every
-``--model`` option takes a store name as well as a path (``resolve_name``).
+``--model`` option takes a store name as well as a path (``edgesrm.models.resolve_model``).
 
 Where things live (``store_home()``): ``$EDGESRM_HOME``, else the platform's data directory
 (``~/.local/share/edgesrm`` on Linux, ``~/Library/Application Support/edgesrm`` on macOS,
@@ -305,9 +305,3 @@ def _delete_file(path: Path, used: set[str]) -> list[Path]:
         real.unlink()
         return [real]
     return []
-
-
-def resolve_name(model: str) -> Path | None:
-    """The path of the store entry called ``model``, or None when no such name exists."""
-    entry = ModelStore().get(model)
-    return Path(entry.path) if entry is not None else None
