@@ -20,10 +20,10 @@ from edgesrm.strategies.self_consistency import (
 
 SHEEP = "A farmer has 17 sheep and buys 5 more. How many sheep does he have now?"
 ESSAY = "Write a long essay about the history of the Roman empire."
-# Seeds found to make the 135M model write its own 'Final answer:' line for these prompts.
 # (question, seed) where the embedded model writes its own "Final answer:" line, on an engine without
-# the prefix cache (`replay`), whose texts do not depend on what earlier tests left cached.
-ANSWERS_ITSELF = [(SHEEP, 1), ("What is 15 + 27?", 5)]
+# the prefix cache (`replay`), whose texts do not depend on what earlier tests left cached; with seed 4
+# the sheep path also ends its thinking with budget left, so budget forcing says "Wait".
+ANSWERS_ITSELF = [(SHEEP, 4), ("What is 15 + 27?", 5)]
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,9 @@ def test_token_budget_forces_the_answer(rt):
 
 
 @pytest.mark.parametrize("question, seed", ANSWERS_ITSELF[:1])
-def test_budget_forcing_says_wait_when_budget_is_left(rt, question, seed):
-    cot = rt.ask(question, strategy="cot", seed=seed, max_tokens=200)
-    forced = rt.ask(question, strategy="budget", seed=seed, max_tokens=200, waits=1)
+def test_budget_forcing_says_wait_when_budget_is_left(replay, question, seed):
+    cot = replay.ask(question, strategy="cot", seed=seed, max_tokens=200)
+    forced = replay.ask(question, strategy="budget", seed=seed, max_tokens=200, waits=1)
     assert "Wait, let me check this again." in forced.text
     assert "Wait" not in cot.text
     # Up to the model's marker the two are the same generation.
