@@ -40,6 +40,14 @@ def test_deadline_reserves_the_answer_and_stops_before_overshooting():
     assert d.missed
 
 
+def test_the_last_step_is_judged_by_the_slowest_recent_one():
+    d = Deadline(1.0)
+    for seconds in (0.05, 0.05, 0.05, 0.2):
+        d.observe_step(seconds)
+    assert d.step_s == pytest.approx(0.05)  # the median plans the answer's steps
+    d.start = time.perf_counter() - 0.9  # 0.1 s left: a median step fits, the slow one would not
+    assert d.must_stop()
+
 def test_compute_buffer_estimate_matches_llama_cpp(model_path):
     shape = ModelShape.of(model_path)
     assert (shape.n_layer, shape.n_embd, shape.n_vocab) == (30, 576, 49152)
