@@ -315,17 +315,24 @@ def _load_cached_header(key: tuple[str, int, int]) -> GGUFHeader | None:
 
 
 def _save_cached_header(key: tuple[str, int, int], header: GGUFHeader) -> None:
-    """Keep a parsed header for the next run; a cache that cannot be written is not kept."""
-    path = _header_cache_file(key)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Keep a parsed header for the next run."""
     data = {"key": list(key), "metadata": header.metadata, "data_offset": header.data_offset,
             "data_end": header.data_end,
             "tensors": [[t.name, list(t.shape), t.ggml_type, t.offset] for t in header.tensors]}
     try:
+        write_cache_file(_header_cache_file(key), json.dumps(data))
+    except (ValueError, TypeError):  # metadata JSON cannot hold: not cached
+        pass
+
+
+def write_cache_file(path: Path, text: str) -> None:
+    """Write a cache file atomically; a cache that cannot be written is simply not kept."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    except (OSError, ValueError, TypeError):
+    except OSError:
         tmp.unlink(missing_ok=True)
 
 

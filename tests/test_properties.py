@@ -195,3 +195,26 @@ def test_mutated_headers_raise_edgesrm_error_or_parse(gguf_bytes, tmp_path, monk
             models.check_complete(path, header)
         except EdgesrmError as exc:
             assert str(path) in str(exc)
+
+
+def test_a_large_models_header_is_kept_on_disk_and_read_back_equal(model_path, tmp_path, monkeypatch):
+    """The parsed header of a model of 32 MiB or more is cached by file identity: read back
+    equal, and not used once the file changes."""
+    import shutil
+
+    monkeypatch.setenv("EDGESRM_MODELS", str(tmp_path / "models"))  # the caches sit beside the store
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(model_path, copy)
+    parsed = models.read_header(copy)
+    cached = list((tmp_path / "headers").glob("*.json"))
+    assert len(cached) == 1
+    models._HEADERS.clear()
+    assert models.read_header(copy) == parsed  # from the cache file
+    with open(copy, "r+b") as f:  # same size, new mtime: another file as far as the cache knows
+        f.seek(len(b"GGUF"))
+        f.write(b"\xff\xff\xff\x7f")  # an implausible version is fine; the tensor count next is not
+        f.seek(8)
+        f.write((10**9).to_bytes(8, "little"))
+    models._HEADERS.clear()
+    with pytest.raises(EdgesrmError):
+        models.read_header(copy)

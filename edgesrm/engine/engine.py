@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-import os
 import numbers
 import time
 import warnings
@@ -28,7 +27,7 @@ import numpy as np
 
 from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX, check_int, show
 from ..errors import EdgesrmError, EdgesrmWarning
-from ..models import model_store, resolve_model
+from ..models import model_store, resolve_model, write_cache_file
 from .backend import (
     KV_TYPES, backend_report, clear_errors, default_gpu_layers, default_threads, lib, recent_errors,
     use_extra_buffer_types,
@@ -153,17 +152,6 @@ def _vocab_cache(model_path: Path) -> Path:
     stat = model_path.stat()
     key = f"{model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{llama_cpp.__version__}"
     return model_store().parent / "vocab" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
-
-
-def _write_quietly(path: Path, text: str) -> None:
-    """Write a cache file atomically; a cache that cannot be written is simply not kept."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
 
 
 class Engine:
@@ -328,7 +316,7 @@ class Engine:
                         if text:
                             texts.append(text.decode("utf-8", "replace"))
                 self._control_tokens = tuple(texts)
-                _write_quietly(cache, json.dumps({"control_tokens": texts}))
+                write_cache_file(cache, json.dumps({"control_tokens": texts}))
         return self._control_tokens
 
     def piece(self, token: int) -> bytes:
