@@ -19,7 +19,8 @@ from .engine import Cancelled, Engine, EngineConfig, SamplingParams, Scheduler, 
 from .engine.text import clean_text
 from .errors import EdgesrmError
 from .models import resolve_model, training_context
-from .strategies import STRATEGIES, Result, Task, auto, run_strategy
+from . import speed
+from .strategies import STRATEGIES, Result, Task, run_strategy
 from .strategies.base import StreamCallback
 
 if TYPE_CHECKING:
@@ -209,9 +210,10 @@ class Runtime:
         slots = min(n, self.engine.config.max_sequences) if strategy in ("sc", "auto") else 1
         per_path = max_tokens if budget.max_tokens is None else max(1, min(max_tokens, budget.max_tokens // slots))
         with self._request(slots, per_path, cancel):
-            if strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
+            if (strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None)
+                    or strategy == "sc" and early_stop):
                 measuring = time.perf_counter()
-                auto.prepare(self.engine, n)  # speed measured once per model and machine, not charged to the deadline
+                speed.profile(self.engine, n)  # measured once per model and machine, not charged to the deadline
                 task.deadline.start += time.perf_counter() - measuring
             result = run_strategy(strategy, task)
         result.notes[:0] = getattr(self, "memory_notes", [])  # what the memory plan gave up (load)

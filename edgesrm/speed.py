@@ -1,22 +1,61 @@
-"""Decode speed of a model on this machine, measured once and remembered.
+"""Decode speed of a model on this machine: the batch-speed profile, measured once and remembered.
 
-``auto`` chooses a strategy from the budget and this speed: how many tokens per second the
-engine decodes with N sequences at once. The numbers are kept in the user's cache
-directory, keyed by model file, size and thread count.
+How fast the engine decodes depends on how many sequences each step carries (its batch width),
+and how much a wider batch gains depends on the model, its quantization types and the CPU's
+kernels (llama.cpp repacks some types into faster layouts on some CPUs). So nothing about it is
+assumed: the aggregate tokens/s at each width that matters is measured on first use and kept in
+the user's cache directory (``speed.json``), keyed by model file, size and thread count.
+
+This module owns the profile. sc's launch policy (``strategies.early_stopping``) and ``auto`` read it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .engine import Engine, SamplingParams
+from .models import write_cache_file
 
-PROBE_STEPS = 12
+PROBE_STEPS = 12  # decode steps per measurement
+ROUNDS = 2  # measurements per width; the fastest is kept
 log = logging.getLogger("edgesrm")  # the CLI shows its INFO messages on stderr
+
+
+@dataclass(frozen=True)
+class SpeedProfile:
+    """Aggregate decode speed (tokens/s, all sequences together) at measured batch widths.
+
+    A width between two measured ones gets the step time interpolated linearly between theirs;
+    a width beyond the widest measured one costs that width's time per sequence.
+    """
+
+    tokens_per_s: dict[int, float]  # batch width (sequences per step) -> aggregate tokens/s
+
+    def __post_init__(self) -> None:
+        if not self.tokens_per_s or any(w < 1 or s <= 0 for w, s in self.tokens_per_s.items()):
+            raise ValueError(f"a speed profile needs positive speeds at widths >= 1, got {self.tokens_per_s}")
+
+    def step_s(self, width: int) -> float:
+        """Seconds one decode step takes with ``width`` sequences."""
+        points = sorted((w, w / s) for w, s in self.tokens_per_s.items())
+        if width <= points[0][0]:
+            return points[0][1]
+        for (w0, t0), (w1, t1) in zip(points, points[1:]):
+            if width <= w1:
+                return t0 + (t1 - t0) * (width - w0) / (w1 - w0)
+        w, t = points[-1]
+        return t * width / w
+
+    def speed(self, width: int) -> float:
+        """Aggregate tokens/s with ``width`` sequences."""
+        return width / self.step_s(width)
 
 
 def cache_dir() -> Path:
@@ -28,33 +67,83 @@ def _key(engine: Engine) -> str:
     return f"{path.name}:{path.stat().st_size}:{engine.n_threads}t"
 
 
+def profile_widths(n: int) -> list[int]:
+    """The widths measured for runs of up to ``n`` sequences: 1, the powers of two below ``n``, and ``n``."""
+    widths, w = {1, max(1, n)}, 2
+    while w < n:
+        widths.add(w)
+        w *= 2
+    return sorted(widths)
+
+
+def profile(engine: Engine, n: int, widths: Iterable[int] | None = None) -> SpeedProfile:
+    """The profile for runs of up to ``n`` sequences (capped by what the engine decodes at once).
+    Widths not yet known are measured now, once per model and machine: ``ROUNDS`` interleaved
+    rounds of ``PROBE_STEPS`` steps each, keeping each width's fastest round, so that a moment
+    of load from another process does not stay in the profile (about 2 s for a 135M model and
+    40 s for a 1.5B one at widths 1, 2, 4 and 8 on 2 cores)."""
+    n = max(1, min(n, engine.max_parallel))
+    wanted = sorted({w for w in (widths or profile_widths(n)) if 1 <= w <= n})
+    known = _valid(_read_table().get(_key(engine)))
+    missing = [w for w in wanted if w not in known]
+    if missing:
+        file = cache_dir() / "speed.json"
+        log.info(f"measuring {engine.model_path.name}'s decode speed with {', '.join(map(str, missing))} "
+                 f"sequences at once on this machine, once (cached in {file})")
+        measured = {w: 0.0 for w in missing}
+        for _ in range(ROUNDS):
+            for w in missing:
+                measured[w] = max(measured[w], measure_speed(engine, w))
+        log.info("tokens/s: " + ", ".join(f"{measured[w]:.1f} with {w}" for w in missing))
+        known = {**known, **_valid(remember(engine, measured))}
+    return SpeedProfile({w: known[w] for w in wanted})
+
+
+def known_profile(engine: Engine) -> SpeedProfile | None:
+    """What has been measured for this model and machine, without measuring anything."""
+    speeds = _valid(_read_table().get(_key(engine)))
+    return SpeedProfile(speeds) if speeds else None
+
+
+def _valid(entry: object) -> dict[int, float]:
+    """The usable widths and speeds of a cache entry (a hand-edited file may hold anything)."""
+    if not isinstance(entry, dict):
+        return {}
+    speeds = {}
+    for w, s in entry.items():
+        if str(w).isdigit() and int(w) >= 1 and isinstance(s, (int, float)) and math.isfinite(s) and s > 0:
+            speeds[int(w)] = float(s)
+    return speeds
+
+
+def _read_table() -> dict:
+    try:
+        table = json.loads((cache_dir() / "speed.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def remember(engine: Engine, speeds: dict[int, float]) -> dict[str, float]:
+    """Add ``speeds`` to the cache file (re-read first: another process may have added widths);
+    the model's entry as it now is."""
+    file = cache_dir() / "speed.json"
+    table = _read_table()
+    known = table.get(_key(engine))
+    known = known if isinstance(known, dict) else {}
+    known.update({str(w): round(s, 2) for w, s in speeds.items()})
+    table[_key(engine)] = known
+    write_cache_file(file, json.dumps(table, indent=1))  # a read-only cache: measured again next time
+    return known
+
+
 def decode_speed(engine: Engine, n: int) -> float:
     """Aggregate tokens/s decoding ``n`` sequences at once (measured on first use)."""
-    file = cache_dir() / "speed.json"
-    try:
-        table = json.loads(file.read_text())
-    except (OSError, ValueError):
-        table = {}
-    known = table.get(_key(engine), {})
-    if str(n) in known:
-        return float(known[str(n)])
-    log.info(f"measuring {engine.model_path.name}'s decode speed with {n} "
-             f"sequence{'s' if n > 1 else ''} on this machine, once (a few seconds; cached in {file})")
-    speed = measure_speed(engine, n)
-    log.info(f"{speed:.1f} tokens/s with {n} sequence{'s' if n > 1 else ''}")
-    known[str(n)] = round(speed, 2)
-    table[_key(engine)] = known
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(file)
-    except OSError:
-        pass  # a read-only cache only costs a new measurement next time
-    return speed
+    return profile(engine, n, [n]).speed(n)
 
 
 def measure_speed(engine: Engine, n: int) -> float:
+    """Aggregate tokens/s over ``PROBE_STEPS`` decode steps of up to ``n`` sequences (after one warm-up step)."""
     n = min(n, engine.max_parallel)
     gen = engine.start("Write a long story about a lighthouse keeper.\n")
     try:
@@ -62,10 +151,11 @@ def measure_speed(engine: Engine, n: int) -> float:
             gen.add(SamplingParams(temperature=1.0, seed=i), max_tokens=PROBE_STEPS + 4)
         gen.step()  # warm-up, and the prompt's own logits
         start = time.perf_counter()
-        steps = 0
+        tokens = steps = 0
         while steps < PROBE_STEPS and gen.active:
+            tokens += len(gen.active)  # (a sequence may end early)
             gen.step()
             steps += 1
-        return n * steps / max(time.perf_counter() - start, 1e-6)
+        return max(tokens, 1) / max(time.perf_counter() - start, 1e-6)
     finally:
         gen.close()

@@ -13,6 +13,7 @@ from edgesrm.chat import ChatFormat
 from edgesrm.engine import SamplingParams
 from edgesrm.errors import EdgesrmError
 from edgesrm.runtime import Runtime, load
+from edgesrm import speed
 from edgesrm.strategies import STRATEGIES, Task, auto, run_strategy
 from edgesrm.strategies.self_consistency import (
     first_paths, lead_probability, lowest_group_confidence, paths_needed, vote_decided,
@@ -35,6 +36,21 @@ def task(rt, question, *, seed=1, budget=None, chat=None, **kw) -> Task:
     return Task(engine=rt.engine, chat=chat or rt.chat, question=question,
                 sampling=SamplingParams(seed=seed), budget=budget or Budget(),
                 deadline=Deadline(budget.deadline_s if budget else None), **kw)
+
+
+# Batch-speed profiles (aggregate tokens/s by width) that make sc launch wide or in waves.
+NO_BATCH_GAIN = {1: 100.0, 2: 100.0, 4: 100.0, 8: 100.0, 16: 100.0}  # a step of w paths takes w times as long
+FREE_BATCHING = {w: 100.0 * w for w in (1, 2, 4, 8, 16)}  # a step takes as long at any width
+
+
+@pytest.fixture
+def profile_as(tmp_path, monkeypatch):
+    """Make ``rt``'s engine see ``speeds`` as its measured profile (a scratch speed cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def set_profile(rt, speeds):
+        speed.remember(rt.engine, speeds)
+    return set_profile
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +120,20 @@ def test_sc_votes_over_paths_decoded_together(rt):
     assert not result.early_stopped
 
 
-def test_sc_stops_early_when_the_paths_agree(rt):
+def test_sc_stops_early_when_the_paths_agree(rt, profile_as):
+    profile_as(rt, NO_BATCH_GAIN)  # batching gains nothing: sc launches in waves
     question = "What is 2 + 2? Reply with just the number."
     full = rt.ask(question, strategy="sc", n=8, seed=5, temperature=0.2, early_stop=False, max_tokens=64)
     early = rt.ask(question, strategy="sc", n=8, seed=5, temperature=0.2, early_stop=True, max_tokens=64)
     assert len(set(p.answer for p in full.paths)) == 1  # they agree...
     assert early.early_stopped and early.extracted == full.extracted
     assert len(early.paths) == first_paths(8) == 3  # only the paths whose agreement could end it ran
+    assert max(early.batch_widths) == 3 and max(full.batch_widths) == 8
     assert early.completion_tokens <= 0.5 * full.completion_tokens  # ...so 3 of 8 suffice
 
 
-def test_sc_launches_more_paths_when_answers_disagree(rt):
+def test_sc_launches_more_paths_when_answers_disagree(rt, profile_as):
+    profile_as(rt, NO_BATCH_GAIN)
     question = "A shop sells pens at 3 dollars each and notebooks at 7 dollars each. Tom buys 4 pens and 6 notebooks. How much does he pay?"
     result = rt.ask(question, strategy="sc", n=8, seed=11, temperature=1.3, max_tokens=96)
     first = [p.answer for p in result.paths[: first_paths(8)]]
@@ -164,13 +183,13 @@ def test_auto_without_budget_is_cot_and_with_tight_deadline_stays_in_time(rt):
     assert result.strategy.startswith("auto:") and not result.deadline_missed
 
 
-def test_auto_choice_follows_measured_speed(rt, monkeypatch):
+def test_auto_choice_follows_measured_speed(rt, profile_as):
     t = task(rt, SHEEP, budget=Budget(deadline_s=10.0), max_tokens=256)
-    monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 100.0 * n)  # 100 tok/s per path
-    assert auto.choose(t) == ("sc", 8)  # 3 rounds of 3 paths x 2.56 s fit in 8 s
-    monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 40.0 * n ** 0.5)
+    profile_as(rt, {w: 100.0 * w for w in (1, 2, 4, 8, 16)})  # 100 tok/s per path at any width
+    assert auto.choose(t) == ("sc", 8)  # 8 paths at once, about 3 s
+    profile_as(rt, {w: 40.0 * w ** 0.5 for w in (1, 2, 4, 8, 16)})
     assert auto.choose(t) == ("cot", 1)  # 6.4 s alone; paths in parallel are too slow
-    monkeypatch.setattr(auto, "decode_speed", lambda engine, n: 10.0)
+    profile_as(rt, {w: 10.0 for w in (1, 2, 4, 8, 16)})
     assert auto.choose(t) == ("budget", 1)  # even one chain would take 25 s
     t = task(rt, SHEEP, budget=Budget(max_tokens=200), max_tokens=256)
     assert auto.choose(t) == ("budget", 1)  # fewer tokens than one typical chain

@@ -501,6 +501,7 @@ class Timings:
     decode_s: float = 0.0
     steps: int = 0
     decoded_tokens: int = 0  # every token decoded after the prompt, all sequences together
+    widths: dict[int, int] = field(default_factory=dict)  # decode steps by how many of its sequences each decoded (first seen first)
 
 
 class Generation:
@@ -751,7 +752,7 @@ class Generation:
         items, outputs, active = self._collect(engine.n_batch)
         if items:
             self._apply(engine._decode(items), items, outputs, 0, active)
-        self._count_step(time.perf_counter() - start, len(items))
+        self._count_step(time.perf_counter() - start, len(items), len(active))
         return [s for s in self.sequences if s.finished and s.index not in finished_before]
 
     def _sample_prompt_logits(self) -> None:
@@ -810,10 +811,12 @@ class Generation:
             del seq._pending[:n]
         self._sample([(seq, offset + i) for seq, i in outputs])
 
-    def _count_step(self, seconds: float, tokens: int) -> None:
-        self.timings.decode_s += seconds
-        self.timings.steps += 1
-        self.timings.decoded_tokens += tokens
+    def _count_step(self, seconds: float, tokens: int, width: int) -> None:
+        timings = self.timings
+        timings.decode_s += seconds
+        timings.steps += 1
+        timings.decoded_tokens += tokens
+        timings.widths[width] = timings.widths.get(width, 0) + 1
 
     def run(self) -> list[Sequence]:
         """Step until every sequence has finished; returns all sequences."""

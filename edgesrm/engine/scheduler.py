@@ -346,7 +346,7 @@ class Scheduler:
                 gen._apply(status, own, outputs, start, active)
             except BaseException as exc:
                 self._errors[gen] = exc
-            gen._count_step(seconds, len(own))
+            gen._count_step(seconds, len(own), len(active))
             woken.append(gen)
         for gen, start, own in prefills:
             if status != 0:

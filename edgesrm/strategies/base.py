@@ -166,6 +166,7 @@ class Result:
     seed: int | None
     notes: list[str] = field(default_factory=list)  # what was given up or not honoured, and why
     cached_tokens: int = 0  # prompt tokens whose KV cells were kept from the previous prompt (not prefilled)
+    batch_widths: dict[int, int] = field(default_factory=dict)  # decode steps by how many paths each carried, widths in the order first seen
 
     @property
     def tokens_per_s(self) -> float:
@@ -570,6 +571,7 @@ def finish(task: Task, gen: Generation, strategy: str, paths: list[PathResult], 
         finish_reason=chosen.finish_reason if chosen else "",
         prompt_tokens=gen.timings.prompt_tokens,
         cached_tokens=gen.timings.cached_tokens,
+        batch_widths=dict(gen.timings.widths),
         completion_tokens=sum(p.tokens for p in paths),
         forced_tokens=sum(p.forced_tokens for p in paths),
         prefill_s=gen.timings.prefill_s,

@@ -1,19 +1,18 @@
-"""sc: self-consistency. Several paths sampled in one batch over the shared prompt, their
+"""sc: self-consistency (Wang et al., "Self-Consistency Improves Chain of Thought Reasoning in
+Language Models", ICLR 2023). Several paths sampled in one batch over the shared prompt, their
 answers extracted and voted on.
 
-Early stopping (adaptive consistency, early-stopping SC): no more paths run than could let
-the vote stop. A question starts with the fewest paths whose agreement would end it; each
-dissenting answer launches, at once and in the same batch, the paths the vote now needs, up
-to ``n``. The run stops when the leader can no longer be overtaken by the paths still running
-or not yet launched, or when Adaptive-Consistency's Beta criterion holds: the leader's count
-against the runner-up's gives it the lead with probability >= ``STOP_CONFIDENCE``. Paths that
-can no longer change the outcome are dropped then. Wrong numeric answers scatter, so the
-runner-up, not all dissenters together, is what the leader has to beat.
+Early stopping (``early_stopping``): the run stops as soon as the vote is decided by
+Adaptive-Consistency's rule, and the paths still running are dropped in the same step. How many
+paths run at once (the *width*) is chosen per model and machine from the measured batch-speed
+profile to minimise the expected wall time: all ``n`` at once when a wider batch costs little
+more per step, waves (the fewest paths whose agreement would end the vote, more on dissent) when
+it does not. A path's answer counts as soon as its answer line is written: the path ends there.
 
-Confidence weighting (DeepConf): each path's vote is weighted by its confidence (the
-exponential of its mean token log-probability), and, with early stopping, a running path
-whose recent tokens fall below the least confident finished paths is terminated early.
-Without early stopping every path runs to its end.
+Confidence weighting (DeepConf, Fu et al., "Deep Think with Confidence", 2025): each path's vote
+is weighted by its confidence (the exponential of its mean token log-probability), and, with
+early stopping, a running path whose recent tokens fall below the least confident finished
+paths is terminated early. Without early stopping every path runs to its end.
 
 Only finished answers vote (see ``base``): a path cut off by the deadline or its token cap
 does not. The result's text is that of a path that voted for the winner. More paths than
@@ -26,22 +25,14 @@ import math
 
 import numpy as np
 
+from .. import speed
 from ..answers import vote
 from .base import PRUNED, PathResult, PathRunner, Result, Task, count_votes, finish, stream_result, tokens_per_path
+from .early_stopping import (  # noqa: F401 (the rules' names, as sc's)
+    MIN_VOTES, STOP_CONFIDENCE, Launch, choose_launch, first_paths, lead_probability, paths_needed, standing, vote_decided)
 
-# Beta-posterior probability that the leader is ahead of the runner-up. 0.7 is the lowest
-# threshold that lost no accuracy replayed on 40 GSM8K train questions (benchmarks/RESULTS.md).
-STOP_CONFIDENCE = 0.7
-MIN_VOTES = 3  # never stop on fewer answers than this
 GROUP = 32  # tokens per group for DeepConf's sliding-window confidence
 WARMUP = 4  # DeepConf: finished paths needed before running ones can be judged against them
-
-
-def lead_probability(leader: int, runner_up: int) -> float:
-    """P(p > 1/2) for p ~ Beta(leader + 1, runner_up + 1): how sure the vote's leader is more
-    likely than the runner-up under the model's answer distribution (uniform prior)."""
-    n = leader + runner_up + 1
-    return sum(math.comb(n, k) for k in range(leader + 1)) / 2**n
 
 
 def lowest_group_confidence(logprobs: list[float | None], group: int = GROUP) -> float | None:
@@ -56,43 +47,11 @@ def lowest_group_confidence(logprobs: list[float | None], group: int = GROUP) ->
     return float(sums.min() / group)
 
 
-def standing(tally: dict[str, float], counts: dict[str, float]) -> tuple[int, int]:
-    """Paths behind the leader of ``tally`` (the vote, maybe confidence-weighted) and behind
-    the runner-up, from ``counts`` (paths per answer)."""
-    if not tally:
-        return 0, 0
-    leader = next(iter(tally))
-    return int(counts.get(leader, 0)), int(max((c for a, c in counts.items() if a != leader), default=0))
-
-
-def vote_decided(tally: dict[str, float], counts: dict[str, float], undecided: int,
-                 confidence: float = STOP_CONFIDENCE) -> bool:
-    """Whether sampling can stop: paths are still ``undecided``, and the leader of ``tally``
-    can no longer be overtaken by them (each weighs at most 1), or the Beta criterion on
-    its count against the runner-up's gives it the lead."""
-    if not tally or not undecided:
-        return False
-    weights = sorted(tally.values(), reverse=True) + [0.0]
-    if weights[0] - weights[1] > undecided:
-        return True
-    leader, runner_up = standing(tally, counts)
-    return sum(counts.values()) >= MIN_VOTES and lead_probability(leader, runner_up) >= confidence
-
-
-def paths_needed(leader: int, runner_up: int, voting: int, running: int, left: int,
-                 confidence: float = STOP_CONFIDENCE) -> int:
-    """The fewest new paths (at most ``left``) that, with the ``running`` ones, could still
-    make the Beta criterion stop the vote if they all agreed with the leader; ``left`` if none can."""
-    for extra in range(left + 1):
-        agreeing = leader + running + extra
-        if voting + running + extra >= MIN_VOTES and lead_probability(agreeing, runner_up) >= confidence:
-            return extra
-    return left
-
-
-def first_paths(n: int, confidence: float = STOP_CONFIDENCE) -> int:
-    """Paths a question starts with under early stopping: the fewest whose agreement ends it."""
-    return paths_needed(0, 0, 0, 0, n, confidence)
+def launch_policy(task: Task, n: int) -> Launch:
+    """How sc launches ``n`` paths (see ``early_stopping``), from this model's speed profile on
+    this machine (measured on first use; ``Runtime.ask`` does that before the deadline starts)."""
+    return choose_launch(speed.profile(task.engine, n), n, STOP_CONFIDENCE,
+                         fewest_tokens=task.budget.max_tokens is not None)
 
 
 def run(task: Task) -> Result:
@@ -103,6 +62,7 @@ def run(task: Task) -> Result:
         notes.append(f"sc: {task.budget.max_tokens} paths instead of {n}: the token budget of "
                      f"{task.budget.max_tokens} gives each path at least one token")
         n = task.budget.max_tokens
+    policy = launch_policy(task, min(n, slots)) if early_stop else Launch(n)  # may measure: before the prompt
     gen = task.start(task.prompt())
     runner = PathRunner(task, gen)
     per_path = tokens_per_path(task, n)
@@ -192,14 +152,15 @@ def run(task: Task) -> Result:
                 state["early"], state["queued"] = True, 0
                 return True
             leader, runner_up = standing(tally, counts)
-            extra = paths_needed(leader, runner_up, len(voting), len(live) + state["queued"],
-                                 n - len(launched) - state["queued"])
+            left = n - len(launched) - state["queued"]
+            needed = paths_needed(leader, runner_up, len(voting), len(live) + state["queued"], left)
+            extra = policy.extra(needed, len(live) + state["queued"], left)
             if extra and time_for_another_path():
                 launch(extra)
         fill()
         return False
 
-    launch(first_paths(n) if early_stop else n)
+    launch(max(policy.width, first_paths(n)) if early_stop else n)
     try:
         runner.run(update)
         collect()

@@ -1,0 +1,130 @@
+"""sc's launch policy (``edgesrm.strategies.early_stopping``) and the batch-speed profile it reads
+(``edgesrm.speed``): the width chosen from a given profile, the replay it is chosen by, the
+profile's cache, and sc runs on the embedded model whose batch widths are observed."""
+
+import json
+
+import pytest
+
+from edgesrm import speed
+from edgesrm.runtime import load
+from edgesrm.speed import SpeedProfile
+from edgesrm.strategies.early_stopping import STOP_CONFIDENCE, Launch, choose_launch, first_paths, launches, predict, replay
+
+WIDTHS = (1, 2, 4, 8, 16)
+FREE = SpeedProfile({w: 100.0 * w for w in WIDTHS})  # a step costs the same at any width
+NO_GAIN = SpeedProfile({w: 100.0 for w in WIDTHS})  # a step of w paths costs w single steps
+# Measured on this project's 2-core machine (2 threads, tokens/s at widths 1, 2, 4, 8; the fastest of
+# 2 rounds): Qwen2.5-Coder-1.5B requantized to Q4_0, and SmolLM2-135M.
+MEASURED_Q4_0 = SpeedProfile({1: 7.7, 2: 14.3, 4: 15.9, 8: 17.5})
+
+
+def test_profile_interpolates_step_time_between_measured_widths():
+    p = SpeedProfile({1: 10.0, 4: 20.0})
+    assert p.step_s(1) == pytest.approx(0.1) and p.step_s(4) == pytest.approx(0.2)
+    assert p.step_s(2) == pytest.approx(0.1 + 0.1 / 3)  # linear in step time
+    assert p.step_s(8) == pytest.approx(0.4)  # past the widest: its time per sequence
+    assert p.speed(4) == pytest.approx(20.0)
+    with pytest.raises(ValueError):
+        SpeedProfile({})
+    with pytest.raises(ValueError):
+        SpeedProfile({0: 5.0})
+
+
+def test_wide_when_batching_is_free_waves_when_it_gains_nothing():
+    assert choose_launch(FREE, 8, STOP_CONFIDENCE) == Launch(8)  # all at once
+    assert choose_launch(NO_GAIN, 8, STOP_CONFIDENCE) == Launch(first_paths(8), refill=False) == Launch(3)  # waves
+    assert choose_launch(FREE, 4, STOP_CONFIDENCE) == Launch(4)
+    # Whatever the profile, a token budget asks for the fewest tokens: waves.
+    assert choose_launch(FREE, 8, STOP_CONFIDENCE, fewest_tokens=True) == Launch(3)
+
+
+def test_the_chosen_launch_is_the_fastest_predicted():
+    for profile in (FREE, NO_GAIN, MEASURED_Q4_0, SpeedProfile({1: 10.0, 2: 19.0, 4: 30.0, 8: 34.0})):
+        chosen = predict(profile, 8, choose_launch(profile, 8, STOP_CONFIDENCE), STOP_CONFIDENCE)
+        others = [predict(profile, 8, launch, STOP_CONFIDENCE) for launch in launches(8, STOP_CONFIDENCE)]
+        assert len(others) == 11 and chosen.seconds <= 1.02 * min(p.seconds for p in others)
+
+
+def test_wider_launches_spend_more_tokens():
+    tokens = [predict(FREE, 8, Launch(w), STOP_CONFIDENCE).tokens for w in range(3, 9)]
+    assert tokens == sorted(tokens) and tokens[0] < 0.8 * 8 and tokens[-1] <= 8
+    # Refilling to the width launches paths the vote may not need.
+    assert predict(FREE, 8, Launch(4, refill=True), STOP_CONFIDENCE).tokens > predict(FREE, 8, Launch(4), STOP_CONFIDENCE).tokens
+
+
+def test_replay_stops_once_the_vote_is_decided():
+    step = lambda w: 1.0  # noqa: E731  (seconds per step at any width)
+    agree = [(0, 1.0)] * 8
+    # All at once: 8 paths of 1 token each end together; 8 agreeing answers decide it at once.
+    assert replay(agree, Launch(8), step, STOP_CONFIDENCE) == (1.0, 8.0, 8)
+    # Waves: 3 agreeing paths end it; 5 are never launched.
+    assert replay(agree, Launch(3), step, STOP_CONFIDENCE) == (1.0, 3.0, 3)
+    # Every path a different answer: all 8 run; in waves, the later ones start when earlier ones end.
+    scattered = [(i, 1.0) for i in range(8)]
+    seconds, tokens, launched = replay(scattered, Launch(3), step, STOP_CONFIDENCE)
+    assert launched == 8 and tokens == 8.0 and seconds > 1.0
+    # Refill keeps 3 running as the first ends, launching a fourth the vote turns out not to need.
+    uneven = [(0, 1.0)] + [(0, 3.0)] * 7
+    assert replay(uneven, Launch(3), step, STOP_CONFIDENCE) == (3.0, 7.0, 3)
+    assert replay(uneven, Launch(3, refill=True), step, STOP_CONFIDENCE) == (3.0, 9.0, 4)
+    # A path that does not vote (cut, no answer) counts for time and tokens, not in the vote.
+    assert replay([(None, 2.0)] + [(0, 1.0)] * 7, Launch(8), step, STOP_CONFIDENCE)[2] == 8
+
+
+def test_profile_is_measured_once_and_kept(engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = speed.profile(engine, 4)
+    assert sorted(first.tokens_per_s) == [1, 2, 4] and all(s > 0 for s in first.tokens_per_s.values())
+    steps = engine._n_decodes
+    again = speed.profile(engine, 4)
+    assert again == first and engine._n_decodes == steps  # read back, nothing decoded
+    table = json.loads((tmp_path / "edgesrm" / "speed.json").read_text())
+    assert list(table) == [f"{engine.model_path.name}:{engine.model_path.stat().st_size}:{engine.n_threads}t"]
+
+
+def test_a_damaged_profile_cache_is_measured_again(engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    file = tmp_path / "edgesrm" / "speed.json"
+    file.parent.mkdir()
+    for damaged in ("{not json", "[]", json.dumps({speed._key(engine): {"1": "fast", "2": -3, "x": 5}})):
+        file.write_text(damaged)
+        p = speed.profile(engine, 2)
+        assert sorted(p.tokens_per_s) == [1, 2] and all(s > 0 for s in p.tokens_per_s.values())
+
+
+@pytest.fixture(scope="module")
+def rt(model_path):
+    """A runtime whose texts depend only on the question and seed (no prefix cache)."""
+    with load(model_path, n_ctx=4096, max_sequences=16, cache_prompt=False) as runtime:
+        yield runtime
+
+
+SHEEP = "A farmer has 17 sheep and buys 5 more. How many sheep does he have now?"
+PENS = ("A shop sells pens at 3 dollars each and notebooks at 7 dollars each. Tom buys 4 pens and 6 "
+        "notebooks. How much does he pay?")
+
+
+def test_sc_launches_all_paths_at_once_when_batching_is_free(rt, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    speed.remember(rt.engine, FREE.tokens_per_s)
+    results = [rt.ask(SHEEP, strategy="sc", n=8, seed=seed, temperature=0.7, max_tokens=96) for seed in (2, 4, 5)]
+    for result in results:
+        assert len(result.paths) == 8 and next(iter(result.batch_widths)) == 8  # all 8 from the first step
+    stopped = [r for r in results if r.early_stopped]
+    assert stopped  # the vote was decided before every path ended...
+    for result in stopped:
+        pruned = [p for p in result.paths if p.finish_reason == "pruned"]
+        assert pruned and all(p.vote == 0 for p in pruned)  # ...and the paths still running were dropped
+        assert sum(result.batch_widths.values()) < max(p.tokens + p.forced_tokens for p in result.paths) + 1
+
+
+def test_sc_keeps_the_chosen_width_running(rt, tmp_path, monkeypatch):
+    # Batching gains up to 4 paths and nothing after: the replay keeps 4 running, between waves and wide.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    profile = SpeedProfile({1: 100.0, 2: 200.0, 4: 400.0, 8: 400.0, 16: 400.0})
+    assert choose_launch(profile, 8, STOP_CONFIDENCE) == Launch(4, refill=True)
+    speed.remember(rt.engine, profile.tokens_per_s)
+    result = rt.ask(PENS, strategy="sc", n=8, seed=1, temperature=1.3, max_tokens=96)
+    assert next(iter(result.batch_widths)) == 4  # the first wave
+    assert len(result.paths) == 8 and max(result.batch_widths) == 4  # the model disagrees: all 8 ran, 4 at a time
