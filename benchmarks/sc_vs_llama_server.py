@@ -1,0 +1,453 @@
+"""Self-consistency: edgesrm's ``sc`` against llama.cpp's own ``llama-server`` with ``n=8`` and a vote.
+
+Three arms answer the same GSM8K test questions with the same model file, threads (2), sampling
+(temperature 0.7, top-p 0.95, top-k 40, min-p 0.05, seed ``--seed`` + question id) and token cap
+per path (``--max-tokens``, 384):
+
+- ``llama-server``: one non-streamed ``/v1/chat/completions`` request with ``n: 8`` (llama-server
+  gives the children seeds seed+1...) and edgesrm's step-by-step system prompt
+  (``edgesrm.chat.STEP_BY_STEP_SYSTEM``) sent by the client, then a client-side majority vote
+  (``collections.Counter``) over ``normalize(extract_answer(content))`` of the 8 choices.
+  llama-server is built from the llama.cpp source llama-cpp-python vendors (scripts/build_peer.sh)
+  and runs as in benchmarks/serve.py: ``-np 8 -kvu -c 8192 -t 2 -tb 2 -b 512 -ub 512 --no-repack``.
+- ``sc``: edgesrm in this process, ``Runtime.ask(question, strategy="sc", n=8, early_stop=True)``
+  (edgesrm's default: the vote stops once decided; edgesrm adds the same system prompt itself).
+- ``sc-no-early``: the same with ``early_stop=False`` (every path runs to its end).
+
+Per quantization (the evaluation model Qwen2.5-Coder-1.5B-Instruct as shipped, Q4_K_M, and
+requantized to Q4_0 with llama.cpp's quantizer, cached beside it as benchmarks/reasoning.py
+does) one llama-server is started and the model is loaded into edgesrm (``load(n_ctx=8192,
+threads=2)``: the same KV cells as llama-server's ``-c``; edgesrm's default of 4096 cells is too
+few for 8 paths of 384 tokens), both stay loaded for the whole quantization and only one arm
+computes at a time. The arms' order rotates from question to question (q0: A B C, q1: B C A,
+q2: C A B) so that neither side always runs first. Prompt caching across requests is off on both
+sides (``cache_prompt: false`` per request to llama-server, ``load(cache_prompt=False)``), so
+that the second edgesrm arm on a question does not reuse the first's prefill; ``--cache-prompt``
+turns it on for both.
+
+Tokens are the completion tokens of all paths. edgesrm reports them per path
+(``PathResult.tokens``, sampled; tokens the strategy forced in, such as "Final answer:", are
+recorded apart as ``forced_tokens``). llama-server's non-streamed reply to ``n > 1`` carries the
+``usage`` of its first choice only, so each choice's tokens are counted after the timed request
+with llama-server's ``/tokenize`` (its content, plus 1 for the end-of-generation token when it
+ended with ``stop``); the first choice takes ``usage.completion_tokens`` as given, and each row
+keeps both numbers for that choice (``choice0_tokens``: [usage, recount]) to check the recount.
+
+Each measured row is appended to ``--out`` (JSONL) at once, keyed by (quant, arm, question id); a
+rerun skips the rows already there, so an interrupted run resumes. Rows: quant, arm, id, gold,
+answer, correct (``answers_match``), seconds (wall time of the request or the ``ask`` call),
+tokens, paths (launched), per path [answer, tokens, finish_reason], the load average before the
+question; edgesrm rows also ``early_stopped``, ``forced_tokens`` and the result's ``notes`` (which
+say when the paths had to run in turns: the Result has no batch-width field). Lines with ``run``
+record each run's settings and the machine's load average at its start and end.
+
+The summary (printed at the end of a run, or alone with ``--summary``) is a markdown table per
+quantization and arm over the questions that every arm has for that quantization: accuracy, wall
+time, tokens, aggregate tok/s (tokens / wall), then the targets:
+
+- sc wall / llama-server wall <= 0.85, with sc accuracy >= llama-server's
+- sc wall / sc-no-early wall <= 1.0 (early stopping never slower)
+- sc tokens / sc-no-early tokens <= 0.8
+- sc accuracy no more than 1 point below sc-no-early's
+
+with the median of the per-question ratios beside the ratios of the sums.
+
+    python benchmarks/sc_vs_llama_server.py                  # 50 questions x 3 arms x 2 quants: hours on 2 cores
+    python benchmarks/sc_vs_llama_server.py --quants Q4_0    # one quantization (resumes where it stopped)
+    python benchmarks/sc_vs_llama_server.py --summary        # the table again, nothing run
+    python benchmarks/sc_vs_llama_server.py --model "$(python -c 'from edgesrm.models import find_default_model; print(find_default_model())')" \\
+        --limit 2 --max-tokens 48 --out /tmp/sc_smoke.jsonl   # a smoke run with the small model
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import ContextManager
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/serve.py's server helpers
+
+from serve import (EVAL_MODEL, HOST, LLAMA, PEER, SAMPLING, Server, chat, machine, peer_version,  # noqa: E402
+                   server_command, serving)
+
+from edgesrm.answers import answers_match, extract_answer, normalize  # noqa: E402
+from edgesrm.chat import STEP_BY_STEP_SYSTEM  # noqa: E402
+from edgesrm.convert import quantize  # noqa: E402
+from edgesrm.eval import Item, find_dataset, load_items  # noqa: E402
+from edgesrm.models import model_store  # noqa: E402
+from edgesrm.runtime import Runtime, load  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SC, NO_EARLY = "sc", "sc-no-early"
+ARMS = (LLAMA, SC, NO_EARLY)
+EDGESRM_ARMS = (SC, NO_EARLY)
+PATHS = 8
+TEMPERATURE = 0.7
+QUANTS = ("Q4_K_M", "Q4_0")
+SHIPPED = "Q4_K_M"  # the evaluation model's own quantization
+OUT = ROOT / "benchmarks" / "results" / "sc_vs_llama_server.jsonl"
+TARGET_VS_LLAMA, TARGET_EARLY_WALL, TARGET_EARLY_TOKENS, TARGET_EARLY_ACC_PTS = 0.85, 1.0, 0.8, 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def eval_model() -> Path:
+    """The evaluation model: in edgesrm's model store, else assembled by scripts/get_eval_model.py."""
+    stored = model_store() / EVAL_MODEL
+    if stored.is_file():
+        return stored
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "get_eval_model.py")], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return Path(out)
+
+
+def requantize(src: Path, quant: str) -> Path:
+    """``src`` requantized with llama.cpp's quantizer, cached beside it (the file name
+    benchmarks/reasoning.py gives it, so both benchmarks share it)."""
+    out = src.with_name(src.stem.rsplit("-", 1)[0] + f"-{quant.lower()}.gguf")
+    return out if out.exists() else quantize(src, out, quant, allow_requantize=True)
+
+
+def model_files(args: argparse.Namespace) -> dict[str, Path]:
+    """Quantization label -> GGUF: ``--model`` alone (labelled by its file name), else the
+    evaluation model as shipped and/or requantized."""
+    if args.model is not None:
+        model = args.model.expanduser()
+        if not model.is_file():
+            sys.exit(f"no model {model}")
+        return {model.name: model}
+    shipped = eval_model()
+    return {quant: shipped if quant == SHIPPED else requantize(shipped, quant) for quant in args.quants}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows (JSONL, resumable)
+
+
+def read_lines(path: Path) -> list[dict]:
+    """Every JSON line of ``path``; a line cut short by an interrupted write is skipped."""
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def measured(lines: Iterable[dict]) -> list[dict]:
+    return [line for line in lines if "arm" in line]
+
+
+def append(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rotated(arms: list[str], k: int) -> list[str]:
+    """The arms' order for the ``k``-th question: q0 A B C, q1 B C A, q2 C A B..."""
+    k %= len(arms)
+    return arms[k:] + arms[:k]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arms
+
+
+def post_json(server: Server, path: str, body: dict, timeout: float = 120.0) -> dict:
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{server.name}: POST {path} answered {resp.status}: {data[:300]!r}")
+        return json.loads(data)
+    finally:
+        conn.close()
+
+
+def recount_tokens(server: Server, message: dict, finish_reason: str | None) -> int:
+    """A choice's completion tokens, counted again: its text tokenized by the server, plus the
+    end-of-generation token it sampled when it ended with ``stop``."""
+    text = (message.get("reasoning_content") or "") + (message.get("content") or "")
+    tokens = post_json(server, "/tokenize", {"content": text, "add_special": False})["tokens"] if text else []
+    return len(tokens) + (finish_reason == "stop")
+
+
+def llama_server_arm(server: Server, item: Item, args: argparse.Namespace) -> dict:
+    """One request with ``n`` = 8, then the client's vote."""
+    body = {"messages": [{"role": "system", "content": STEP_BY_STEP_SYSTEM},
+                         {"role": "user", "content": item.question}],
+            "n": PATHS, "max_tokens": args.max_tokens, "temperature": TEMPERATURE, "seed": args.seed + item.id,
+            "cache_prompt": args.cache_prompt, **SAMPLING}
+    reply = chat(server, body)
+    if not reply.ok or not isinstance(reply.body, dict):
+        raise RuntimeError(f"{server.name}: question {item.id} failed: {reply.status} {reply.error} {reply.body}")
+    choices = sorted(reply.body["choices"], key=lambda c: c.get("index", 0))
+    paths = []
+    for choice in choices:  # after the timed request
+        answer = normalize(extract_answer(choice["message"].get("content") or ""))
+        paths.append([answer, recount_tokens(server, choice["message"], choice.get("finish_reason")),
+                      choice.get("finish_reason")])
+    recounted = paths[0][1] if paths else None
+    if paths and reply.completion_tokens is not None:
+        paths[0][1] = reply.completion_tokens  # the first choice's usage is exact
+    votes = Counter(p[0] for p in paths if p[0] is not None)
+    return {"answer": votes.most_common(1)[0][0] if votes else None, "seconds": reply.seconds,
+            "tokens": sum(p[1] for p in paths), "paths": len(paths), "per_path": paths, "votes": dict(votes),
+            "prompt_tokens": reply.prompt_tokens, "choice0_tokens": [reply.completion_tokens, recounted]}
+
+
+def edgesrm_arm(runtime: Runtime, item: Item, early_stop: bool, args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    result = runtime.ask(item.question, strategy="sc", n=PATHS, max_tokens=args.max_tokens, temperature=TEMPERATURE,
+                         seed=args.seed + item.id, early_stop=early_stop, **SAMPLING)
+    seconds = time.perf_counter() - started
+    return {"answer": result.extracted, "seconds": seconds, "tokens": result.completion_tokens,
+            "paths": len(result.paths), "per_path": [[p.answer, p.tokens, p.finish_reason] for p in result.paths],
+            "votes": dict(result.votes), "early_stopped": result.early_stopped, "forced_tokens": result.forced_tokens,
+            "prompt_tokens": result.prompt_tokens, "cached_tokens": result.cached_tokens,
+            "prefill_s": round(result.prefill_s, 3), "decode_s": round(result.decode_s, 3), "notes": result.notes}
+
+
+def run_arm(arm: str, item: Item, server: Server | None, runtime: Runtime | None, args: argparse.Namespace) -> dict:
+    if arm == LLAMA:
+        assert server is not None
+        return llama_server_arm(server, item, args)
+    assert runtime is not None
+    return edgesrm_arm(runtime, item, arm == SC, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run
+
+
+def server_args(model: Path, args: argparse.Namespace) -> argparse.Namespace:
+    """What benchmarks/serve.py's ``serving`` and ``server_command`` read."""
+    return argparse.Namespace(peer=args.peer, model=model, parallel=PATHS, ctx=args.ctx, threads=args.threads)
+
+
+def pending(quant: str, items: list[Item], arms: list[str], done: set[tuple]) -> list[tuple[int, Item, list[str]]]:
+    """(position, question, its arms not yet measured, in the rotated order) for each question."""
+    out = []
+    for k, item in enumerate(items):
+        todo = [arm for arm in rotated(arms, k) if (quant, arm, item.id) not in done]
+        if todo:
+            out.append((k, item, todo))
+    return out
+
+
+def run_quant(quant: str, model: Path, items: list[Item], arms: list[str], done: set[tuple],
+              args: argparse.Namespace) -> None:
+    work = pending(quant, items, arms, done)
+    if not work:
+        print(f"{quant}: all {len(items)} questions done for {', '.join(arms)}", file=sys.stderr)
+        return
+    needed = {arm for _, _, todo in work for arm in todo}
+    with peer_server(LLAMA in needed, model, args) as server, \
+            edgesrm_runtime(bool(needed & set(EDGESRM_ARMS)), model, args) as runtime:
+        for k, item, todo in work:
+            for arm in todo:
+                load_before = os.getloadavg()[0]
+                row = run_arm(arm, item, server, runtime, args)
+                row = {"quant": quant, "arm": arm, "id": item.id, "gold": item.gold, "answer": row["answer"],
+                       "correct": answers_match(row["answer"], item.gold), "seconds": round(row["seconds"], 3),
+                       **{key: value for key, value in row.items() if key not in ("answer", "seconds")},
+                       "load_before": round(load_before, 2), "position": k}
+                append(args.out, row)
+                done.add((quant, arm, item.id))
+                print(f"{quant} q{item.id:<3d} {arm:>12}: {row['answer']!s:>10} {'ok' if row['correct'] else '--'} "
+                      f"{row['seconds']:7.1f} s {row['tokens']:6d} tok {row['paths']} paths "
+                      f"(load {load_before:.2f})", file=sys.stderr, flush=True)
+
+
+def peer_server(wanted: bool, model: Path, args: argparse.Namespace) -> ContextManager[Server | None]:
+    """llama-server on ``model`` for the whole quantization (benchmarks/serve.py's ``serving``)."""
+    return serving(LLAMA, server_args(model, args)) if wanted else contextlib.nullcontext()
+
+
+def edgesrm_runtime(wanted: bool, model: Path, args: argparse.Namespace) -> ContextManager[Runtime | None]:
+    """edgesrm with the same KV cells as llama-server's ``-c``; ``load`` picks the rest (its 16
+    sequences already take the 8 paths at once)."""
+    if not wanted:
+        return contextlib.nullcontext()
+    started = time.perf_counter()
+    runtime = load(model, n_ctx=args.ctx, threads=args.threads, cache_prompt=args.cache_prompt)
+    print(f"edgesrm loaded {model.name} in {time.perf_counter() - started:.1f} s "
+          f"(n_ctx {runtime.engine.config.n_ctx}, {runtime.engine.config.max_sequences} sequences)",
+          file=sys.stderr, flush=True)
+    return runtime
+
+
+def settings(files: dict[str, Path], arms: list[str], args: argparse.Namespace) -> dict:
+    return {"models": {q: str(p) for q, p in files.items()}, "arms": arms, "limit": args.limit, "seed": args.seed,
+            "max_tokens": args.max_tokens, "paths": PATHS, "temperature": TEMPERATURE, **SAMPLING,
+            "threads": args.threads, "ctx": args.ctx, "cache_prompt": args.cache_prompt,
+            "peer": str(args.peer), "peer_version": peer_version(args.peer) if LLAMA in arms else None,
+            "llama_server": server_command(LLAMA, 0, server_args(Path("MODEL"), args))[0] if LLAMA in arms else None,
+            "edgesrm": f"load(MODEL, n_ctx={args.ctx}, threads={args.threads}, cache_prompt={args.cache_prompt})",
+            "machine": machine()}
+
+
+def run(args: argparse.Namespace) -> None:
+    if LLAMA in args.arms and not args.peer.is_file():
+        sys.exit(f"no llama-server at {args.peer}: build it with scripts/build_peer.sh "
+                 "(or give --peer, or leave llama-server out of --arms)")
+    items = load_items(find_dataset("gsm8k"), args.limit)
+    files = model_files(args)
+    done = {(r["quant"], r["arm"], r["id"]) for r in measured(read_lines(args.out))}
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    before = os.getloadavg()
+    append(args.out, {"run": "start", "at": started, "load": before, "settings": settings(files, args.arms, args)})
+    print(f"load average {before[0]:.2f} {before[1]:.2f} {before[2]:.2f}; writing {args.out}", file=sys.stderr)
+    finished = False
+    try:
+        for quant, model in files.items():
+            run_quant(quant, model, items, args.arms, done, args)
+        finished = True
+    finally:
+        append(args.out, {"run": "end", "started": started, "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          "load": os.getloadavg(), "finished": finished})
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def median_ratio(rows: dict[str, dict[int, dict]], a: str, b: str, key: str) -> float | None:
+    ratios = [r for i in rows[a] for r in [ratio(rows[a][i][key], rows[b][i][key])] if r is not None]
+    return statistics.median(ratios) if ratios else None
+
+
+def totals(by_id: dict[int, dict]) -> dict:
+    rows = list(by_id.values())
+    wall = sum(r["seconds"] for r in rows)
+    tokens = sum(r["tokens"] for r in rows)
+    return {"questions": len(rows), "accuracy": 100 * sum(r["correct"] for r in rows) / max(1, len(rows)),
+            "wall": wall, "tokens": tokens, "tok_s": tokens / wall if wall else None,
+            "load": statistics.mean(r["load_before"] for r in rows) if rows else None,
+            "early": sum(bool(r.get("early_stopped")) for r in rows), "paths": sum(r["paths"] for r in rows)}
+
+
+def common_rows(rows: list[dict], quant: str) -> dict[str, dict[int, dict]]:
+    """arm -> id -> row, over the questions every arm measured for ``quant`` has."""
+    by_arm: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        if r["quant"] == quant:
+            by_arm.setdefault(r["arm"], {})[r["id"]] = r  # a row measured twice: the last counts
+    ids = set.intersection(*(set(v) for v in by_arm.values())) if by_arm else set()
+    return {arm: {i: v[i] for i in sorted(ids)} for arm in ARMS for v in [by_arm.get(arm)] if v}
+
+
+def target_rows(t: dict[str, dict], rows: dict[str, dict[int, dict]]) -> Iterator[tuple[str, str, str, str, bool]]:
+    """(target, sums, median per question, goal, met) for the arms present."""
+    if SC in t and LLAMA in t:
+        r, acc = ratio(t[SC]["wall"], t[LLAMA]["wall"]), t[SC]["accuracy"] - t[LLAMA]["accuracy"]
+        yield (f"sc wall / llama-server wall (accuracy {t[SC]['accuracy']:.1f}% vs {t[LLAMA]['accuracy']:.1f}%)",
+               fmt(r, "x"), fmt(median_ratio(rows, SC, LLAMA, "seconds"), "x"),
+               f"<= {TARGET_VS_LLAMA}x at >= accuracy", r is not None and r <= TARGET_VS_LLAMA and acc >= 0)
+    if SC in t and NO_EARLY in t:
+        r = ratio(t[SC]["wall"], t[NO_EARLY]["wall"])
+        yield ("sc wall / sc-no-early wall", fmt(r, "x"), fmt(median_ratio(rows, SC, NO_EARLY, "seconds"), "x"),
+               f"<= {TARGET_EARLY_WALL}x", r is not None and r <= TARGET_EARLY_WALL)
+        r = ratio(t[SC]["tokens"], t[NO_EARLY]["tokens"])
+        yield ("sc tokens / sc-no-early tokens", fmt(r, "x"), fmt(median_ratio(rows, SC, NO_EARLY, "tokens"), "x"),
+               f"<= {TARGET_EARLY_TOKENS}x", r is not None and r <= TARGET_EARLY_TOKENS)
+        acc = t[SC]["accuracy"] - t[NO_EARLY]["accuracy"]
+        yield ("sc accuracy - sc-no-early accuracy", f"{acc:+.1f} pts", "-", f">= -{TARGET_EARLY_ACC_PTS:g} pt",
+               acc >= -TARGET_EARLY_ACC_PTS)
+
+
+def summary(lines: list[dict]) -> str:
+    rows = measured(lines)
+    runs = [line for line in lines if line.get("run")]
+    out = []
+    starts = [r for r in runs if r["run"] == "start"]
+    if starts:
+        s = starts[-1]["settings"]
+        out.append(f"{s['machine']}; {s['threads']} threads, {s['paths']} paths, max_tokens {s['max_tokens']}, "
+                   f"temperature {s['temperature']}, top-p {s['top_p']}, top-k {s['top_k']}, min-p {s['min_p']}, "
+                   f"ctx {s['ctx']}, cache_prompt {s['cache_prompt']}; llama-server {s.get('peer_version') or '-'}")
+    for r in runs:
+        out.append(f"run {r['run']} {r['at']}: load average {r['load'][0]:.2f} {r['load'][1]:.2f} {r['load'][2]:.2f}"
+                   + ("" if r["run"] == "start" else "" if r.get("finished") else " (interrupted)"))
+    out += ["", "| quant | arm | questions | accuracy | wall s | tokens | tok/s | paths | early-stopped | mean load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    targets = []
+    for quant in dict.fromkeys(r["quant"] for r in rows):
+        by_arm = common_rows(rows, quant)
+        t = {arm: totals(v) for arm, v in by_arm.items()}
+        for arm, x in t.items():
+            early = str(x["early"]) if arm in EDGESRM_ARMS else "-"
+            out.append(f"| {quant} | {arm} | {x['questions']} | {x['accuracy']:.1f}% | {x['wall']:.1f} | "
+                       f"{x['tokens']} | {fmt(x['tok_s'], digits=1)} | {x['paths']} | {early} | {fmt(x['load'])} |")
+        targets += [(quant, *row) for row in target_rows(t, by_arm)]
+    out += ["", "| quant | target | ratio of sums | median per question | goal | met |",
+            "|---|---|---:|---:|---|:---:|"]
+    out += [f"| {q} | {what} | {sums} | {med} | {goal} | {'yes' if met else '**no**'} |"
+            for q, what, sums, med, goal, met in targets]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=50, help="GSM8K test questions (the first LIMIT)")
+    ap.add_argument("--quants", nargs="+", default=list(QUANTS),
+                    help="Q4_K_M (the evaluation model as shipped) and/or types to requantize it to")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="a subset of the arms")
+    ap.add_argument("--seed", type=int, default=0, help="question i samples with seed SEED + i")
+    ap.add_argument("--max-tokens", type=int, default=384, help="tokens per path")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=8192, help="KV cells, all paths together (both sides)")
+    ap.add_argument("--cache-prompt", action="store_true", help="let both sides reuse cached prompt prefixes")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="another GGUF instead of the evaluation model (a smoke run); --quants is then ignored")
+    ap.add_argument("--peer", type=Path, default=PEER, help="llama-server (scripts/build_peer.sh builds it)")
+    ap.add_argument("--out", type=Path, default=OUT, help="JSONL of rows, appended to and resumed from")
+    ap.add_argument("--summary", action="store_true", help="only print the table of what --out holds")
+    args = ap.parse_args()
+    args.arms = [arm for arm in ARMS if arm in args.arms]  # their rotation starts in this order
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if not args.summary:
+        run(args)
+    lines = read_lines(args.out)
+    if not measured(lines):
+        sys.exit(f"{args.out} holds no rows")
+    print(summary(lines))
+
+
+if __name__ == "__main__":
+    main()
