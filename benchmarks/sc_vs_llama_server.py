@@ -38,7 +38,7 @@ rerun skips the rows already there, so an interrupted run resumes. Rows: quant, 
 answer, correct (``answers_match``), seconds (wall time of the request or the ``ask`` call),
 tokens, paths (launched), per path [answer, tokens, finish_reason], the load average before the
 question; edgesrm rows also ``early_stopped``, ``forced_tokens`` and the result's ``notes`` (which
-say when the paths had to run in turns: the Result has no batch-width field). Lines with ``run``
+say when the paths had to run in turns) and ``batch_widths`` (decode steps per number of paths in the batch). Lines with ``run``
 record each run's settings and the machine's load average at its start and end.
 
 The summary (printed at the end of a run, or alone with ``--summary``) is a markdown table per
@@ -86,6 +86,8 @@ from edgesrm.convert import quantize  # noqa: E402
 from edgesrm.eval import Item, find_dataset, load_items  # noqa: E402
 from edgesrm.models import model_store  # noqa: E402
 from edgesrm.runtime import Runtime, load  # noqa: E402
+from edgesrm import speed  # noqa: E402
+from edgesrm.strategies.early_stopping import STOP_CONFIDENCE, choose_launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SC, NO_EARLY = "sc", "sc-no-early"
@@ -225,7 +227,8 @@ def edgesrm_arm(runtime: Runtime, item: Item, early_stop: bool, args: argparse.N
             "paths": len(result.paths), "per_path": [[p.answer, p.tokens, p.finish_reason] for p in result.paths],
             "votes": dict(result.votes), "early_stopped": result.early_stopped, "forced_tokens": result.forced_tokens,
             "prompt_tokens": result.prompt_tokens, "cached_tokens": result.cached_tokens,
-            "prefill_s": round(result.prefill_s, 3), "decode_s": round(result.decode_s, 3), "notes": result.notes}
+            "prefill_s": round(result.prefill_s, 3), "decode_s": round(result.decode_s, 3), "notes": result.notes,
+            "batch_widths": result.batch_widths}
 
 
 def run_arm(arm: str, item: Item, server: Server | None, runtime: Runtime | None, args: argparse.Namespace) -> dict:
@@ -294,6 +297,13 @@ def edgesrm_runtime(wanted: bool, model: Path, args: argparse.Namespace) -> Cont
     print(f"edgesrm loaded {model.name} in {time.perf_counter() - started:.1f} s "
           f"(n_ctx {runtime.engine.config.n_ctx}, {runtime.engine.config.max_sequences} sequences)",
           file=sys.stderr, flush=True)
+    # The batch-speed profile sc's launch policy reads, measured now (once per model and machine,
+    # cached) so that no question's wall time includes it.
+    profile = speed.profile(runtime.engine, PATHS)
+    policy = choose_launch(profile, PATHS, STOP_CONFIDENCE)
+    append(args.out, {"run": "profile", "model": model.name, "tokens_per_s": profile.tokens_per_s,
+                      "launch": {"width": policy.width, "refill": policy.refill}, "load": os.getloadavg()})
+    print(f"speed profile {profile.tokens_per_s} tok/s; sc launches {policy}", file=sys.stderr, flush=True)
     return runtime
 
 
@@ -395,6 +405,10 @@ def summary(lines: list[dict]) -> str:
                    f"temperature {s['temperature']}, top-p {s['top_p']}, top-k {s['top_k']}, min-p {s['min_p']}, "
                    f"ctx {s['ctx']}, cache_prompt {s['cache_prompt']}; llama-server {s.get('peer_version') or '-'}")
     for r in runs:
+        if r["run"] == "profile":
+            out.append(f"profile {r['model']}: {r['tokens_per_s']} tok/s by batch width; sc launches "
+                       f"{r['launch']['width']} at once{', refilled' if r['launch']['refill'] else ''}")
+            continue
         out.append(f"run {r['run']} {r['at']}: load average {r['load'][0]:.2f} {r['load'][1]:.2f} {r['load'][2]:.2f}"
                    + ("" if r["run"] == "start" else "" if r.get("finished") else " (interrupted)"))
     out += ["", "| quant | arm | questions | accuracy | wall s | tokens | tok/s | paths | early-stopped | mean load |",
