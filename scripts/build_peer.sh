@@ -21,5 +21,5 @@ cd llama.cpp
 # GGML_NATIVE as edgesrm's own build. On a CPU with AMX run the server with --no-repack, as edgesrm
 # loads weights without the extra buffer types there (see edgesrm/engine/backend.py).
 cmake -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"${JOBS:-2}" --target llama-server llama-bench llama-batched-bench
+cmake --build build -j"${JOBS:-2}" --target llama-server llama-bench llama-batched-bench llama-quantize llama-imatrix llama-perplexity
 echo "$ROOT/llama.cpp/build/bin/llama-server"

@@ -149,7 +149,9 @@ def test_ask_accepts_numpy_numbers(runtime):
 
 # -- command line -----------------------------------------------------------------------------
 
-REQUIRED_ARGS = {"ask": ["What is 1 + 1?"], "quantize": ["in.gguf", "out.gguf", "--quant", "Q4_0"]}
+REQUIRED_ARGS = {"ask": ["What is 1 + 1?"], "quantize": ["in.gguf", "out.gguf", "--quant", "Q4_0"],
+                 "imatrix": ["in.gguf", "-o", "out.gguf"], "tune": ["in.gguf", "-o", "out.gguf", "--memory", "100"],
+                 "quality": ["in.gguf", "--reference", "ref.gguf"]}
 
 
 def numeric_options():

@@ -192,6 +192,7 @@ def tiny_model_from_header(
     seed: int = 0,
     dtype: str = "f16",
     chat_template: str | None = None,
+    embed_scale: float = 1.0,
 ) -> Path:
     """Write a small random model of ``src_gguf_path``'s architecture with its real tokenizer.
 
@@ -199,6 +200,8 @@ def tiny_model_from_header(
     size-free hyperparameters too (rope base, norm epsilon, sliding window, training context);
     the sizes are the arguments. Matrices are stored as ``dtype`` ("f16" or "f32"), norms and
     biases as f32; the output matrix is written only if the source has one (else tied).
+    ``embed_scale``: the embedding's standard deviation; with a tied output, 1/sqrt(n_embd) gives
+    next-token distributions that are not all on one token (for KL divergence tests).
     """
     import gguf  # the writer; gguf-py is a dependency of edgesrm
 
@@ -269,7 +272,7 @@ def tiny_model_from_header(
         return (0.02 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
 
     q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
-    tensors: dict[str, np.ndarray] = {"token_embd.weight": matrix(n_vocab, n_embd, 1.0)}
+    tensors: dict[str, np.ndarray] = {"token_embd.weight": matrix(n_vocab, n_embd, embed_scale)}
     for i in range(n_layer):
         p = f"blk.{i}."
         tensors[p + "attn_norm.weight"] = norm(n_embd)

@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "doctor"),
     "convert": ("convert", "convert"),
     "quantize": ("convert", "quantize"),
+    "imatrix": ("imatrix", "imatrix"),
+    "quality": ("quality", "quality"),
+    "tune": ("tune", "tune"),
 }
 
 

@@ -11,7 +11,7 @@ import click
 
 from ..checks import MAX_THREADS
 from ..convert.archs import FAMILIES, OUTTYPES
-from ..convert.quantize import QUANT_TYPES
+from ..convert.quantize import NEEDS_IMATRIX, QUANT_TYPES
 
 QUANT_HELP = f"Quantize with llama.cpp: {', '.join(QUANT_TYPES)} (case-insensitive)."
 
@@ -50,23 +50,35 @@ def convert(src: str, out: str, outtype: str | None, quant: str | None, revision
 @click.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--quant", required=True, metavar="TYPE", help=QUANT_HELP)
+@click.option("--quant", required=True, metavar="TYPE",
+              help=QUANT_HELP[:-1] + f"; with --imatrix also {', '.join(NEEDS_IMATRIX)}.")
+@click.option("--imatrix", "imatrix", type=click.Path(dir_okay=False), default=None,
+              help="An importance matrix GGUF for SRC (`edgesrm imatrix`, or llama.cpp's llama-imatrix): "
+                   "precision goes where the activations are. Needed by the IQ2/IQ3_XXS/Q2_K_S types.")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
+              help="Give the tensors whose name matches the regular expression PATTERN the ggml type TYPE "
+                   "(e.g. ffn_down=q4_k, 'blk\\.(0|1)\\.'=q8_0); repeatable, the first match wins.")
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="Threads. Default: physical cores.")
 @click.option("--allow-requantize", is_flag=True, help="Accept an already quantized input (loses more quality).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def quantize(src: str, out: str, quant: str, threads: int | None, allow_requantize: bool, force: bool) -> None:
+def quantize(src: str, out: str, quant: str, imatrix: str | None, tensor_types: tuple[str, ...], threads: int | None,
+             allow_requantize: bool, force: bool) -> None:
     """Quantize the GGUF file SRC (a path or a store name) into OUT with llama.cpp's quantizer.
 
     \b
     Examples:
       edgesrm quantize model-f16.gguf model-q4_k_m.gguf --quant Q4_K_M
       edgesrm quantize qwen3-0.6b:f16 qwen3-0.6b-q4_0.gguf --quant Q4_0
+      edgesrm imatrix model-f16.gguf -o model.imatrix.gguf
+      edgesrm quantize model-f16.gguf model-iq3.gguf --quant IQ3_XXS --imatrix model.imatrix.gguf
+      edgesrm quantize model-f16.gguf model-q4k.gguf --quant Q4_K_M --tensor-type ffn_down=q4_k
     """
     from ..convert import quantize as run
 
     with terminate_as_interrupt():
-        path = run(src, out, quant, force=force, threads=threads, allow_requantize=allow_requantize)
+        path = run(src, out, quant, force=force, threads=threads, allow_requantize=allow_requantize,
+                   imatrix=imatrix, tensor_types=tensor_types)
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB)", err=True)
 
 

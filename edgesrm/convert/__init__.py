@@ -15,16 +15,16 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import gguf
 
 from ..errors import EdgesrmError
-from ..models import check_gguf, resolve_model
+from ..models import check_gguf, read_header, resolve_model
 from .archs import FAMILIES, OUTTYPES, family_for
-from .quantize import QUANT_TYPES, quant_type, quantize_file
+from .quantize import NEEDS_IMATRIX, QUANT_TYPES, quant_type, quantize_file, tensor_overrides
 from .safetensors import open_checkpoint
 from .source import read_json_object, resolve_source
 from .tokenizer import load_vocab
@@ -106,18 +106,34 @@ def quantize(
     force: bool = False,
     threads: int | None = None,
     allow_requantize: bool = False,
+    imatrix: str | os.PathLike[str] | None = None,
+    tensor_types: Sequence[str] = (),
 ) -> Path:
-    """Quantize the GGUF ``src`` (a path or a model store name) to ``quant`` (see ``QUANT_TYPES``)
-    with llama.cpp, into ``out``."""
+    """Quantize the GGUF ``src`` (a path or a model store name) to ``quant`` (see ``QUANT_TYPES``;
+    with an ``imatrix`` file also ``NEEDS_IMATRIX``) with llama.cpp, into ``out``.
+
+    ``imatrix``: an importance matrix GGUF (``edgesrm imatrix`` or llama.cpp's), checked to belong
+    to ``src``. ``tensor_types``: ``PATTERN=TYPE`` overrides (``ffn_down=q4_k``), each a regular
+    expression that must match a tensor of ``src``. Raises ``EdgesrmError`` for bad input.
+    """
+    from .. import imatrix as imatrix_file
+
     src_path, out = Path(src).expanduser(), Path(out).expanduser()
     if not src_path.exists():
         src_path = resolve_model(str(src))  # a store name, or one clear error
-    quant_type(quant)
+    quant_type(quant, imatrix=imatrix is not None)
     check_gguf(src_path)
     if out.exists() and out.resolve() == src_path.resolve():
         raise EdgesrmError("the output would overwrite the input; choose another output file")
+    means = None
+    if imatrix is not None:
+        im = imatrix_file.read(Path(imatrix).expanduser())
+        imatrix_file.check_against(im, src_path)
+        means = im.means()
+    overrides = tensor_overrides(list(tensor_types), [t.name for t in read_header(src_path).tensors]) if tensor_types else []
     with atomic_output(out, force=force, need_bytes=src_path.stat().st_size) as tmp:
-        quantize_file(src_path, tmp, quant, threads=threads, allow_requantize=allow_requantize)
+        quantize_file(src_path, tmp, quant, threads=threads, allow_requantize=allow_requantize, imatrix=means,
+                      overrides=overrides)
     return out
 
 

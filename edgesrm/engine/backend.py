@@ -21,6 +21,8 @@ from functools import lru_cache
 
 import psutil
 
+from ..errors import EdgesrmError
+
 # ggml type ids accepted for the KV cache (ggml.h). Quantized V needs flash attention.
 KV_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2}
 
@@ -93,6 +95,21 @@ def use_extra_buffer_types() -> bool:
     if os.environ.get("EDGESRM_ALLOW_AMX") == "1":
         return True
     return "AMX_INT8 = 1" not in lib().llama_print_system_info().decode("utf-8", "replace")
+
+
+def load_model(path, gpu_layers: int | None = None):
+    """A ``llama_model`` pointer for the GGUF at ``path`` (free it with ``llama_model_free``):
+    ``gpu_layers`` offloaded (None: all when the build can), weights in the CPU's extra buffer
+    types when ``use_extra_buffer_types`` allows. Raises ``EdgesrmError`` with llama.cpp's reason."""
+    llama = lib()
+    params = llama.llama_model_default_params()
+    clear_errors()
+    params.n_gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
+    params.use_extra_bufts = use_extra_buffer_types()
+    model = llama.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise EdgesrmError(f"cannot load {path}: {recent_errors() or 'llama.cpp gave no reason'}")
+    return model
 
 
 def default_threads() -> int:

@@ -28,10 +28,7 @@ import numpy as np
 from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX, check_int, show
 from ..errors import EdgesrmError, EdgesrmWarning
 from ..models import model_store, resolve_model, write_cache_file
-from .backend import (
-    KV_TYPES, backend_report, clear_errors, default_gpu_layers, default_threads, lib, recent_errors,
-    use_extra_buffer_types,
-)
+from .backend import KV_TYPES, backend_report, default_threads, lib, load_model, recent_errors
 from .prefix_cache import PrefixCache
 from .sampling import SamplingParams, free_chain, make_chain
 from .text import StopScanner, Utf8Stream, clean_text
@@ -166,14 +163,8 @@ class Engine:
         self._ctx = None
         self._batch = None
 
-        model_params = llama.llama_model_default_params()
         gpu = self.config.n_gpu_layers
-        clear_errors()
-        model_params.n_gpu_layers = default_gpu_layers() if gpu is None else gpu
-        model_params.use_extra_bufts = use_extra_buffer_types()
-        self._model = llama.llama_model_load_from_file(str(self.model_path).encode(), model_params)
-        if not self._model:
-            raise EdgesrmError(f"cannot load {self.model_path}: {recent_errors() or 'llama.cpp gave no reason'}")
+        self._model = load_model(self.model_path, gpu)
         if gpu and not llama.llama_supports_gpu_offload():  # asked for, not the default
             warnings.warn(EdgesrmWarning(
                 f"--gpu-layers {gpu} asked but {backend_report().no_offload_reason}: every layer runs on the CPU"

@@ -1,0 +1,57 @@
+"""``edgesrm quality``: how far a quantized model's next-token distributions are from a
+reference's (the work is in edgesrm.quality)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..checks import MAX_THREADS
+
+
+@click.command()
+@click.argument("model")
+@click.option("--reference", "-r", required=True,
+              help="The reference GGUF (a path or a store name): the f16/bf16 file, or the most precise one at hand.")
+@click.option("--data", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Compare on this UTF-8 text file instead of reasoning traces.")
+@click.option("--traces", type=click.IntRange(min=1, max=1319), default=16, show_default=True,
+              help="Compare on the reference's chains of thought for this many GSM8K test questions (cached).")
+@click.option("--chunk", "n_ctx", type=click.IntRange(min=32, max=8192), default=512, show_default=True,
+              help="Tokens per chunk; the second half of each is scored.")
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+              help="Threads. Default: physical cores.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def quality(model: str, reference: str, data: str | None, traces: int, n_ctx: int, threads: int | None,
+            as_json: bool) -> None:
+    """Measure how much MODEL (a path or a store name) departs from --reference on the same text:
+    mean and 99th-percentile KL divergence (nats per token), top-1 agreement and perplexity, as
+    llama.cpp's llama-perplexity --kl-divergence reports them.
+
+    \b
+    Examples:
+      edgesrm quality qwen-q4_k_m.gguf --reference qwen-f16.gguf
+      edgesrm quality qwen-iq3_xxs.gguf -r qwen-f16.gguf --data wiki.txt --json
+    """
+    from pathlib import Path
+
+    from ..errors import EdgesrmError
+    from ..quality import compare, reasoning_text
+
+    if data is not None:
+        try:
+            text = Path(data).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EdgesrmError(f"cannot read {data} as UTF-8 text: {exc}") from None
+    else:
+        click.echo(f"text: the reference's reasoning on {traces} GSM8K test questions (generated once, cached)", err=True)
+        text = reasoning_text(reference, traces, threads=threads)
+    result = compare(model, reference, text, n_ctx=n_ctx, threads=threads)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        for line in result.lines():
+            click.echo(line)
+    sys.stdout.flush()

@@ -1,0 +1,232 @@
+"""Importance matrices (``edgesrm imatrix``), quantization with them (``quantize --imatrix``,
+``--tensor-type``) and the quality measure (``edgesrm quality``), on tiny real-tokenizer models.
+
+The collector is checked against sums of squares computed by hand from the model's own weights;
+the file is read back by gguf-py and, where the peer tools are built (scripts/build_peer.sh), by
+llama.cpp's own quantizer.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from convert_support import edgesrm_cli
+from edgesrm import imatrix as imx
+from edgesrm.convert import quantize
+from edgesrm.errors import EdgesrmError
+from edgesrm.quality import compare, compare_logits
+from tiny_models import real_header_path, tiny_model_from_header
+
+TEXT = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May? In May she sold 48 / 2 = 24 clips. "
+    "Altogether she sold 48 + 24 = 72 clips. Final answer: 72\n"
+) * 30
+PEER = Path(os.environ.get("EDGESRM_PEER") or Path.home() / ".cache" / "edgesrm" / "peer") / "llama.cpp" / "build" / "bin"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer on a 2-layer llama with rows of 256 (so that K- and i-quants apply), f16; its
+    tied output gives spread-out next-token distributions (embedding scale 1/16)."""
+    out = tmp_path_factory.mktemp("imatrix") / "tiny-f16.gguf"
+    return tiny_model_from_header(real_header_path("smollm2"), out, n_layer=2, n_embd=256, n_head=4, n_head_kv=2,
+                                  n_ff=512, seed=3, embed_scale=1 / 16)
+
+
+@pytest.fixture(scope="module")
+def collected(model):
+    return imx.collect(model, [TEXT], datasets=["test text"], n_ctx=64)
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def test_collector_matches_sums_of_squares_computed_by_hand(model, collected):
+    from edgesrm.engine.scoring import Scorer
+
+    w = weights(model)
+    eps = float(gguf.GGUFReader(str(model)).fields["llama.attention.layer_norm_rms_epsilon"].contents())
+    with Scorer(model, n_ctx=64) as scorer:
+        chunks = list(scorer.chunks(scorer.tokenize(TEXT)))
+    x = w["token_embd.weight"].astype(np.float64)[np.concatenate(chunks)]  # layer 0's input rows
+    normed = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + eps) * w["blk.0.attn_norm.weight"]
+    expected = (normed * normed).sum(axis=0)
+    for name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"):
+        got = collected.sums[name]
+        assert got.shape == (1, 256)
+        np.testing.assert_allclose(got[0], expected, rtol=2e-3)
+        assert collected.counts[name].tolist() == [len(chunks) * 64]
+    assert collected.chunks == len(chunks) >= 2
+    names = set(collected.sums)
+    assert {f"blk.{i}.{t}.weight" for i in (0, 1) for t in ("attn_q", "attn_k", "attn_v", "attn_output",
+                                                           "ffn_gate", "ffn_up", "ffn_down")} == names
+    assert collected.sums["blk.1.ffn_down.weight"].shape == (1, 512)
+
+
+def test_output_weight_only_when_asked(model):
+    im = imx.collect(model, [TEXT], datasets=["t"], n_ctx=64, process_output=True)
+    # This tiny model ties its output to the embedding (no output.weight): nothing extra appears.
+    assert set(im.sums) == {n for n in im.sums if n.startswith("blk.")} or "output.weight" in im.sums
+
+
+def test_file_is_llama_cpps_imatrix_format(collected, tmp_path):
+    path = tmp_path / "m.imatrix.gguf"
+    imx.write(collected, path)
+    reader = gguf.GGUFReader(str(path))
+    assert reader.fields["general.type"].contents() == "imatrix"
+    assert reader.fields["imatrix.datasets"].contents() == ["test text"]
+    assert reader.fields["imatrix.chunk_count"].contents() == collected.chunks
+    assert reader.fields["imatrix.chunk_size"].contents() == 64
+    tensors = {t.name: t for t in reader.tensors}
+    t = tensors["blk.0.attn_q.weight.in_sum2"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.F32 and list(t.shape) == [256, 1]
+    assert list(tensors["blk.0.attn_q.weight.counts"].shape) == [1, 1]
+    back = imx.read(path)
+    assert set(back.sums) == set(collected.sums) and back.chunks == collected.chunks
+    np.testing.assert_allclose(back.sums["blk.1.ffn_up.weight"], collected.sums["blk.1.ffn_up.weight"], rtol=1e-6)
+    means = back.means()["blk.0.attn_q.weight"]
+    np.testing.assert_allclose(means, (collected.sums["blk.0.attn_q.weight"] / collected.counts["blk.0.attn_q.weight"])[0],
+                               rtol=1e-6)
+
+
+@pytest.mark.skipif(not (PEER / "llama-quantize").exists(), reason="llama.cpp's llama-quantize is not built "
+                    "(bash scripts/build_peer.sh)")
+def test_llama_cpps_quantizer_reads_the_file(model, collected, tmp_path):
+    path = tmp_path / "m.imatrix.gguf"
+    imx.write(collected, path)
+    run = subprocess.run([str(PEER / "llama-quantize"), "--imatrix", str(path), str(model), str(tmp_path / "q.gguf"),
+                          "IQ3_XXS"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "loaded 14 importance matrix entries" in run.stdout + run.stderr
+
+
+def test_quantize_with_an_imatrix_changes_the_weights_and_lowers_kl(model, collected, tmp_path):
+    path = tmp_path / "m.imatrix.gguf"
+    imx.write(collected, path)
+    plain = quantize(model, tmp_path / "plain.gguf", "Q3_K_S")
+    weighted = quantize(model, tmp_path / "weighted.gguf", "Q3_K_S", imatrix=path)
+    assert weights(plain)["blk.0.ffn_up.weight"].tobytes() != weights(weighted)["blk.0.ffn_up.weight"].tobytes()
+    kl_plain = compare(plain, model, TEXT, n_ctx=64).kl_mean
+    kl_weighted = compare(weighted, model, TEXT, n_ctx=64).kl_mean
+    assert kl_weighted < kl_plain
+    # The types that need a matrix work with one, and are refused without.
+    quantize(model, tmp_path / "iq2.gguf", "IQ2_XS", imatrix=path)
+    with pytest.raises(EdgesrmError, match="needs an importance matrix"):
+        quantize(model, tmp_path / "iq2b.gguf", "IQ2_XS")
+
+
+def test_tensor_type_overrides(model, tmp_path):
+    out = quantize(model, tmp_path / "mix.gguf", "Q4_K_M", tensor_types=["ffn_down=q8_0", r"attn_(q|k)=q5_k"])
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(out)).tensors}
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["blk.1.attn_k.weight"] == gguf.GGMLQuantizationType.Q5_K
+    assert types["blk.1.ffn_up.weight"] != gguf.GGMLQuantizationType.Q8_0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ffn_down", "PATTERN=TYPE"),
+    ("ffn_down=q9_z", "unknown tensor type"),
+    ("nothing_like_this=q4_k", "matches no tensor"),
+    ("(unclosed=q4_k", "not a valid regular expression"),
+])
+def test_bad_tensor_type_overrides_are_one_error(model, tmp_path, spec, message):
+    with pytest.raises(EdgesrmError, match=message):
+        quantize(model, tmp_path / "x.gguf", "Q4_K_M", tensor_types=[spec])
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_an_imatrix_of_another_model_is_refused(model, collected, tmp_path):
+    other = tiny_model_from_header(real_header_path("smollm2"), tmp_path / "other.gguf", n_layer=2, n_embd=128,
+                                   n_head=4, n_head_kv=2, n_ff=256)
+    path = tmp_path / "m.imatrix.gguf"
+    imx.write(collected, path)
+    with pytest.raises(EdgesrmError, match="does not belong to other.gguf"):
+        quantize(other, tmp_path / "o.gguf", "Q4_K_M", imatrix=path)
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
+    with pytest.raises(EdgesrmError, match="not an importance matrix"):
+        quantize(model, tmp_path / "o.gguf", "Q4_K_M", imatrix=tmp_path / "junk.gguf")
+    with pytest.raises(EdgesrmError, match="not an importance matrix"):
+        quantize(model, tmp_path / "o.gguf", "Q4_K_M", imatrix=model)  # a model, not a matrix
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_compare_logits_by_hand():
+    ref = np.log(np.array([[0.5, 0.25, 0.25]]))
+    same = compare_logits(ref, ref, np.array([0]))
+    assert same[0][0] == pytest.approx(0.0, abs=1e-12) and same[1][0]
+    other = np.log(np.array([[0.25, 0.5, 0.25]]))
+    kl, top1, nll, nll_ref = compare_logits(other, ref, np.array([0]))
+    assert kl[0] == pytest.approx(0.5 * np.log(2) + 0.25 * np.log(0.5))
+    assert not top1[0] and nll[0] == pytest.approx(np.log(4)) and nll_ref[0] == pytest.approx(np.log(2))
+
+
+def test_quality_of_a_model_against_itself_is_zero(model):
+    q = compare(model, model, TEXT, n_ctx=64)
+    assert q.kl_mean < 1e-6 and q.top1 == 1.0 and q.ppl == pytest.approx(q.ppl_reference)
+
+
+def test_cli_imatrix_then_quantize_then_quality(model, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "cli.imatrix.gguf"
+    run = edgesrm_cli("imatrix", str(model), "-o", str(out), "--data", str(text), "--chunk", "64")
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stderr and out.exists()
+    again = edgesrm_cli("imatrix", str(model), "-o", str(out), "--data", str(text), "--chunk", "64")
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
+    q = edgesrm_cli("quantize", str(model), str(tmp_path / "iq3.gguf"), "--quant", "IQ3_XXS", "--imatrix", str(out))
+    assert q.returncode == 0, q.stderr
+    qual = edgesrm_cli("quality", str(tmp_path / "iq3.gguf"), "--reference", str(model), "--data", str(text),
+                       "--chunk", "64", "--json")
+    assert qual.returncode == 0, qual.stderr
+    assert '"kl_mean"' in qual.stdout
+    short = tmp_path / "short.txt"
+    short.write_text("too short", encoding="utf-8")
+    bad = edgesrm_cli("imatrix", str(model), "-o", str(tmp_path / "s.gguf"), "--data", str(short), "--chunk", "64")
+    assert bad.returncode == 1 and "shorter than one chunk" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "s.gguf").exists()
+
+
+def test_tune_end_to_end_on_the_embedded_model(model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from edgesrm import speed
+    from edgesrm.tune import table, tune
+
+    out = tmp_path / "tuned.gguf"
+    said = []
+    rows, best = tune(model_path, out, memory_mb=4096, paths=2, names=["Q4_0", "Q8_0"], text=TEXT * 2,
+                      log=said.append)
+    assert any("already quantized" in m for m in said)  # the embedded model is Q4_1: requantized
+    assert {r.name for r in rows} == {"Q4_0", "Q8_0"} and best in rows and out.exists()
+    q4, q8 = (next(r for r in rows if r.name == n) for n in ("Q4_0", "Q8_0"))
+    assert q4.size_mb < q8.size_mb and q8.kl_mean < q4.kl_mean  # more bits, closer to the source
+    assert all(r.speeds[1] > 0 and r.speeds[2] > 0 and r.peak_rss_mb > r.size_mb for r in rows)
+    assert any(r.pareto for r in rows)
+    # No Q4_K_M among the candidates: the one closest to the source is recommended.
+    assert best.name == "Q8_0"
+    # Its measured profile is kept for the written file: sc and auto on it measure nothing.
+    from edgesrm.engine.backend import default_threads
+    assert speed._valid(speed._read_table()[speed.profile_key(out, default_threads())]) == best.speeds
+    assert "| Q8_0 (recommended) |" in "\n".join(table(rows, 2, best))
+    assert not list(tmp_path.glob("edgesrm-tune-*"))  # the other candidates are removed
+
+
+def test_tune_bad_input_is_one_error(model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from edgesrm.tune import tune
+
+    with pytest.raises(EdgesrmError, match="no candidate fits 50 MiB"):
+        tune(model_path, tmp_path / "t.gguf", memory_mb=50, paths=2, names=["Q4_0"], text=TEXT)
+    with pytest.raises(EdgesrmError, match="unknown candidate"):
+        tune(model_path, tmp_path / "t.gguf", memory_mb=4096, names=["Q4_ZZ"], text=TEXT)
+    with pytest.raises(EdgesrmError, match="strategy must be"):
+        tune(model_path, tmp_path / "t.gguf", memory_mb=4096, strategy="beam", text=TEXT)
+    assert not (tmp_path / "t.gguf").exists()
+    run = edgesrm_cli("tune", str(model_path), "-o", str(tmp_path / "t.gguf"), "--memory", "0")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
