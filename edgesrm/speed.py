@@ -62,9 +62,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgesrm"
 
 
+def profile_key(path: Path, threads: int) -> str:
+    """The cache's key for a model file run with ``threads`` threads: its name, size and threads."""
+    return f"{path.name}:{path.stat().st_size}:{threads}t"
+
+
 def _key(engine: Engine) -> str:
-    path = engine.model_path
-    return f"{path.name}:{path.stat().st_size}:{engine.n_threads}t"
+    return profile_key(engine.model_path, engine.n_threads)
 
 
 def profile_widths(n: int) -> list[int]:
@@ -125,14 +129,20 @@ def _read_table() -> dict:
 
 
 def remember(engine: Engine, speeds: dict[int, float]) -> dict[str, float]:
-    """Add ``speeds`` to the cache file (re-read first: another process may have added widths);
-    the model's entry as it now is."""
+    """Add ``speeds`` (width -> tokens/s) to the profile of ``engine``'s model and threads."""
+    return remember_file(engine.model_path, engine.n_threads, speeds)
+
+
+def remember_file(path: Path, threads: int, speeds: dict[int, float]) -> dict[str, float]:
+    """Add ``speeds`` to the cached profile of the model file ``path`` run with ``threads`` threads
+    (the file is re-read first: another process may have added widths); the entry as it now is."""
     file = cache_dir() / "speed.json"
     table = _read_table()
-    known = table.get(_key(engine))
+    key = profile_key(path, threads)
+    known = table.get(key)
     known = known if isinstance(known, dict) else {}
     known.update({str(w): round(s, 2) for w, s in speeds.items()})
-    table[_key(engine)] = known
+    table[key] = known
     write_cache_file(file, json.dumps(table, indent=1))  # a read-only cache: measured again next time
     return known
 
@@ -145,7 +155,7 @@ def decode_speed(engine: Engine, n: int) -> float:
 def measure_speed(engine: Engine, n: int) -> float:
     """Aggregate tokens/s over ``PROBE_STEPS`` decode steps of up to ``n`` sequences (after one warm-up step)."""
     n = min(n, engine.max_parallel)
-    gen = engine.start("Write a long story about a lighthouse keeper.\n")
+    gen = engine.start(engine.tokenize_prompt("Write a long story about a lighthouse keeper.\n"))
     try:
         for i in range(n):
             gen.add(SamplingParams(temperature=1.0, seed=i), max_tokens=PROBE_STEPS + 4)
