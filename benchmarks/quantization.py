@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--generic", type=int, default=96, help="generic replies generated (cut to the same tokens)")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edgesrm" / "bench-quantization")
+    parser.add_argument("--texts-only", action="store_true", help="stop after the reference and the texts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quantization.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -116,6 +117,8 @@ def main() -> None:
     generic = cached_text(args.work / f"generic-{n_train}.txt",
                           lambda: same_tokens(reference, generic_text(q4km, args.generic, args.max_tokens), n_train))
     say(f"calibration: {n_train} tokens of reasoning and of generic text")
+    if args.texts_only:
+        return
     matrices = {}
     for name, text in (("reasoning", train), ("generic", generic)):
         path = args.work / f"imatrix-{name}-{n_train}.gguf"

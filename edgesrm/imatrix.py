@@ -155,8 +155,8 @@ class Collector:
         return name.startswith("blk.") or (self.process_output and name == "output.weight")
 
     def _array(self, t: GGMLTensor, dtype) -> np.ndarray:
-        """The tensor's data as a numpy array of shape [ne3, ne2, ne1, ne0] (a copy: llama.cpp
-        reuses the buffer as soon as the callback returns)."""
+        """The tensor's data as a numpy array of shape [ne3, ne2, ne1, ne0]: a view of llama.cpp's
+        buffer (a host copy for a GPU buffer), valid only until the callback returns."""
         shape = tuple(int(t.ne[i]) for i in (3, 2, 1, 0))
         strides = tuple(int(t.nb[i]) for i in (3, 2, 1, 0))
         span = sum((n - 1) * s for n, s in zip(shape, strides)) + np.dtype(dtype).itemsize
@@ -165,13 +165,12 @@ class Collector:
         else:  # a GPU buffer: copied to the host first
             raw = (ctypes.c_char * max(span, self._ggml.ggml_nbytes(ctypes.addressof(t))))()
             self._ggml.ggml_backend_tensor_get(ctypes.addressof(t), raw, 0, self._ggml.ggml_nbytes(ctypes.addressof(t)))
-        return np.ndarray(shape, dtype, buffer=raw, offset=0, strides=strides).copy()
+        return np.ndarray(shape, dtype, buffer=raw, offset=0, strides=strides)
 
     def _collect(self, t: GGMLTensor) -> None:
         src0, src1 = t.src[0].contents, t.src[1].contents
         name = weight_name(src0.name)
-        x = self._array(src1, np.float32).astype(np.float64)  # [ne3, ne2, ne1, ne0]
-        squares = x * x
+        squares = np.square(self._array(src1, np.float32), dtype=np.float64)  # [ne3, ne2, ne1, ne0]
         cols = int(src1.ne[0])
         im = self.imatrix
         if t.op == self.mul_mat_id:
@@ -319,7 +318,7 @@ def collect(model_path: Path, texts: Iterable[str], *, datasets: list[str], n_ct
             raise EdgesrmError(f"the calibration text is {len(tokens)} tokens, shorter than one chunk of "
                                f"{scorer.n_ctx}: give more text (or more traces)")
         for done, chunk in enumerate(chunks, 1):
-            scorer.logits(chunk)
+            scorer.decode(chunk)
             collector.check()
             collector.imatrix.chunks = done
             if on_chunk is not None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,37 +76,67 @@ def compare_logits(model: np.ndarray, reference: np.ndarray, targets: np.ndarray
 
 def compare(model: str | Path, reference: str | Path, text: str, *, n_ctx: int = CHUNK, threads: int | None = None,
             max_chunks: int | None = None, on_chunk: Callable[[int, int], None] | None = None) -> Quality:
-    """Compare ``model`` with ``reference`` (paths or store names) on ``text``. Raises
-    ``EdgesrmError`` when the two do not share a vocabulary or the text is shorter than a chunk."""
+    """Compare ``model`` with ``reference`` (paths or store names) on ``text``: ``compare_many``
+    with one model."""
+    return compare_many([model], reference, text, n_ctx=n_ctx, threads=threads, max_chunks=max_chunks,
+                        on_chunk=on_chunk)[0]
+
+
+def compare_many(models: Sequence[str | Path], reference: str | Path, text: str, *, n_ctx: int = CHUNK,
+                 threads: int | None = None, max_chunks: int | None = None,
+                 on_chunk: Callable[[int, int], None] | None = None) -> list[Quality]:
+    """Compare each of ``models`` with ``reference`` (paths or store names) on ``text``, one
+    ``Quality`` per model in order. The reference decodes the text once: the logits of its scored
+    positions (chunks x n_ctx/2 x n_vocab float32; about 150 MiB per chunk for a 152k
+    vocabulary) wait in a temporary file, and one model at a time is loaded after it.
+    ``on_chunk(done, total)`` after each chunk decoded (total: chunks x (1 + models)).
+    Raises ``EdgesrmError`` when a model does not share the reference's vocabulary or tokenizer,
+    or the text is shorter than a chunk."""
     from .engine.scoring import Scorer
     from .models import resolve_model
 
-    model_path, ref_path = resolve_model(str(model)), resolve_model(str(reference))
-    with Scorer(ref_path, n_ctx=n_ctx, threads=threads) as ref, Scorer(model_path, n_ctx=n_ctx, threads=threads) as m:
-        if m.n_vocab != ref.n_vocab:
-            raise EdgesrmError(f"{model_path.name} ({m.n_vocab:,} tokens) and {ref_path.name} ({ref.n_vocab:,}) do not "
-                               "share a vocabulary: compare quantizations of the same model")
-        tokens = ref.tokenize(text)
-        if tokens != m.tokenize(text):
-            raise EdgesrmError(f"{model_path.name} and {ref_path.name} tokenize the text differently: compare "
-                               "quantizations of the same model")
-        chunks = list(ref.chunks(tokens))[:max_chunks]
-        if not chunks:
-            raise EdgesrmError(f"the text is {len(tokens)} tokens, shorter than one chunk of {n_ctx}")
-        first = n_ctx // 2
-        parts = []
-        for done, chunk in enumerate(chunks, 1):
-            targets = np.array(chunk[first + 1:])
-            mine, theirs = m.logits(chunk)[first:-1], ref.logits(chunk)[first:-1]
-            for row in range(0, len(targets), ROWS):  # float64 over the whole vocabulary: a few rows at a time
-                rows = slice(row, row + ROWS)
-                parts.append(compare_logits(mine[rows], theirs[rows], targets[rows]))
-            if on_chunk is not None:
-                on_chunk(done, len(chunks))
-    kl, same, nll, nll_ref = (np.concatenate(x) for x in zip(*parts))
-    return Quality(model=model_path.name, reference=ref_path.name, tokens=int(kl.size), kl_mean=float(kl.mean()),
-                   kl_p99=float(np.percentile(kl, 99)), kl_max=float(kl.max()), top1=float(same.mean()),
-                   ppl=math.exp(float(nll.mean())), ppl_reference=math.exp(float(nll_ref.mean())))
+    ref_path = resolve_model(str(reference))
+    model_paths = [resolve_model(str(m)) for m in models]
+    with tempfile.TemporaryDirectory(prefix="edgesrm-quality-") as tmp:
+        with Scorer(ref_path, n_ctx=n_ctx, threads=threads) as ref:
+            tokens = ref.tokenize(text)
+            chunks = list(ref.chunks(tokens))[:max_chunks]
+            if not chunks:
+                raise EdgesrmError(f"the text is {len(tokens)} tokens, shorter than one chunk of {ref.n_ctx}")
+            first = ref.n_ctx // 2
+            total = len(chunks) * (1 + len(model_paths))
+            scored = np.lib.format.open_memmap(Path(tmp) / "reference.npy", mode="w+", dtype=np.float32,
+                                               shape=(len(chunks), ref.n_ctx - first - 1, ref.n_vocab))
+            for i, chunk in enumerate(chunks):
+                scored[i] = ref.logits(chunk, first=first)[:-1]
+                if on_chunk is not None:
+                    on_chunk(i + 1, total)
+            n_vocab, n_ctx = ref.n_vocab, ref.n_ctx
+        results = []
+        for k, model_path in enumerate(model_paths):
+            with Scorer(model_path, n_ctx=n_ctx, threads=threads) as m:
+                if m.n_vocab != n_vocab:
+                    raise EdgesrmError(f"{model_path.name} ({m.n_vocab:,} tokens) and {ref_path.name} ({n_vocab:,}) "
+                                       "do not share a vocabulary: compare quantizations of the same model")
+                if m.tokenize(text) != tokens:
+                    raise EdgesrmError(f"{model_path.name} and {ref_path.name} tokenize the text differently: "
+                                       "compare quantizations of the same model")
+                parts = []
+                for i, chunk in enumerate(chunks):
+                    targets = np.array(chunk[first + 1:])
+                    mine = m.logits(chunk, first=first)[:-1]
+                    for row in range(0, len(targets), ROWS):  # float64 over the whole vocabulary: a few rows at a time
+                        rows = slice(row, row + ROWS)
+                        parts.append(compare_logits(mine[rows], scored[i, rows], targets[rows]))
+                    if on_chunk is not None:
+                        on_chunk((k + 1) * len(chunks) + i + 1, total)
+            kl, same, nll, nll_ref = (np.concatenate(x) for x in zip(*parts))
+            results.append(Quality(model=model_path.name, reference=ref_path.name, tokens=int(kl.size),
+                                   kl_mean=float(kl.mean()), kl_p99=float(np.percentile(kl, 99)),
+                                   kl_max=float(kl.max()), top1=float(same.mean()),
+                                   ppl=math.exp(float(nll.mean())), ppl_reference=math.exp(float(nll_ref.mean()))))
+        del scored  # the memory map closes before its directory goes
+    return results
 
 
 def test_questions(limit: int) -> list[str]:

@@ -143,9 +143,10 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
     the work) and when nothing fits ``memory_mb``."""
     from .budget import ModelShape, estimate_memory
     from .convert import quantize
+    from .convert.quantize import input_file_type
     from .convert.writer import check_destination
     from .models import resolve_model
-    from .quality import compare, reasoning_text
+    from .quality import compare_many, reasoning_text
 
     if strategy not in ("sc", "cot"):
         raise EdgesrmError(f"strategy must be sc or cot, got {strategy!r}")
@@ -158,7 +159,7 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
     check_destination(out, force)
     chosen = candidates(names, imatrix=imatrix is not None)
     width = paths if strategy == "sc" else 1
-    source_type = _file_type(src)
+    source_type = input_file_type(src)
     requantize = source_type not in (0, 1, 32)
     if requantize:
         log(f"note: {src.name} is already quantized; candidates are requantized from it (quality is lost twice: "
@@ -186,11 +187,15 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
                                      float("nan"), float("nan"), fits=False, notes=["estimated far over the budget"]))
                 continue
             probed = _probe_in_child(path, paths, threads)
-            quality = compare(path, src, text, threads=threads, max_chunks=8)
             rows.append(Measured(name, str(path), path.stat().st_size / 2**20, probed["peak_rss_mb"],
-                                 {int(w): s for w, s in probed["speeds"].items()}, quality.kl_mean, quality.kl_p99,
-                                 quality.top1, fits=probed["peak_rss_mb"] <= memory_mb))
+                                 {int(w): s for w, s in probed["speeds"].items()}, float("nan"), float("nan"),
+                                 float("nan"), fits=probed["peak_rss_mb"] <= memory_mb))
         measured = [r for r in rows if r.speeds]
+        if measured:
+            log(f"KL against {src.name} ({len(measured)} candidates; the source decodes the text once)")
+            for row, quality in zip(measured, compare_many([r.path for r in measured], src, text, threads=threads,
+                                                           max_chunks=8)):
+                row.kl_mean, row.kl_p99, row.top1 = quality.kl_mean, quality.kl_p99, quality.top1
         if not any(r.fits for r in measured):
             smallest = min((r.peak_rss_mb for r in rows), default=float("nan"))
             raise EdgesrmError(f"no candidate fits {memory_mb:,.0f} MiB: the smallest peaked at {smallest:,.0f} MiB "
@@ -212,13 +217,6 @@ def _keep_profile(out: Path, best: Measured, threads: int | None) -> None:
     from .speed import remember_file
 
     remember_file(out, threads or default_threads(), best.speeds)
-
-
-def _file_type(path: Path) -> int | None:
-    from .models import read_header
-
-    value = read_header(path).metadata.get("general.file_type")
-    return int(value) if isinstance(value, int) else None
 
 
 def table(rows: list[Measured], width: int, best: Measured) -> list[str]:

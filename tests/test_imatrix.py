@@ -6,6 +6,7 @@ the file is read back by gguf-py and, where the peer tools are built (scripts/bu
 llama.cpp's own quantizer.
 """
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ from convert_support import edgesrm_cli
 from edgesrm import imatrix as imx
 from edgesrm.convert import quantize
 from edgesrm.errors import EdgesrmError
-from edgesrm.quality import compare, compare_logits
+from edgesrm.quality import compare, compare_logits, compare_many
 from tiny_models import real_header_path, tiny_model_from_header
 
 TEXT = (
@@ -112,9 +113,11 @@ def test_quantize_with_an_imatrix_changes_the_weights_and_lowers_kl(model, colle
     plain = quantize(model, tmp_path / "plain.gguf", "Q3_K_S")
     weighted = quantize(model, tmp_path / "weighted.gguf", "Q3_K_S", imatrix=path)
     assert weights(plain)["blk.0.ffn_up.weight"].tobytes() != weights(weighted)["blk.0.ffn_up.weight"].tobytes()
-    kl_plain = compare(plain, model, TEXT, n_ctx=64).kl_mean
-    kl_weighted = compare(weighted, model, TEXT, n_ctx=64).kl_mean
-    assert kl_weighted < kl_plain
+    both = compare_many([plain, weighted], model, TEXT, n_ctx=64)  # the reference decoded once for both
+    assert [q.model for q in both] == ["plain.gguf", "weighted.gguf"]
+    assert both[1].kl_mean < both[0].kl_mean
+    alone = compare(weighted, model, TEXT, n_ctx=64)  # the same numbers as a comparison on its own
+    assert alone.kl_mean == pytest.approx(both[1].kl_mean, rel=1e-6) and alone.tokens == both[1].tokens
     # The types that need a matrix work with one, and are refused without.
     quantize(model, tmp_path / "iq2.gguf", "IQ2_XS", imatrix=path)
     with pytest.raises(EdgesrmError, match="needs an importance matrix"):
@@ -182,10 +185,12 @@ def test_cli_imatrix_then_quantize_then_quality(model, tmp_path):
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
     q = edgesrm_cli("quantize", str(model), str(tmp_path / "iq3.gguf"), "--quant", "IQ3_XXS", "--imatrix", str(out))
     assert q.returncode == 0, q.stderr
-    qual = edgesrm_cli("quality", str(tmp_path / "iq3.gguf"), "--reference", str(model), "--data", str(text),
-                       "--chunk", "64", "--json")
+    qual = edgesrm_cli("quality", str(tmp_path / "iq3.gguf"), str(model), "--reference", str(model), "--data",
+                       str(text), "--chunk", "64", "--json")
     assert qual.returncode == 0, qual.stderr
-    assert '"kl_mean"' in qual.stdout
+    rows = [json.loads(line) for line in qual.stdout.splitlines()]  # one object per model, in order
+    assert [r["model"] for r in rows] == ["iq3.gguf", model.name]
+    assert rows[0]["kl_mean"] > 0 and rows[1]["kl_mean"] < 1e-6
     short = tmp_path / "short.txt"
     short.write_text("too short", encoding="utf-8")
     bad = edgesrm_cli("imatrix", str(model), "-o", str(tmp_path / "s.gguf"), "--data", str(short), "--chunk", "64")

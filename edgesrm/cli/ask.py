@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS, MIN_CTX
+from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_TOKENS, MIN_CTX
 from ..engine.backend import KV_TYPES
 from ..options import FiniteRange, JsonObject, ReplyPrinter
 from ..strategies import STRATEGIES
-from .common import MODEL_HELP, STRATEGY_HELP
+from .common import MODEL_HELP, STRATEGY_HELP, threads_option
 
 
 @click.command()
@@ -48,8 +48,7 @@ from .common import MODEL_HELP, STRATEGY_HELP
               help="budget: times 'Wait' may extend thinking that ends with budget left.")
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=MIN_CTX, max=MAX_CTX), default=None,
               help="Context size in tokens, all paths together. Default: enough for the paths and --max-tokens.")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-              help="CPU threads. Default: physical cores.")
+@threads_option
 @click.option("--gpu-layers", type=click.IntRange(min=0, max=INT32_MAX), default=None,
               help="Layers to offload to the GPU. Default: all when this build supports offload, else 0.")
 @click.option("--kv-type", type=click.Choice(list(KV_TYPES)), default="f16", show_default=True,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from .common import MODEL_HELP
+from .common import MODEL_HELP, threads_option
 
-from ..checks import MAX_CTX, MAX_THREADS, MAX_TOKENS, MIN_CTX
+from ..checks import MAX_CTX, MAX_TOKENS, MIN_CTX
 from ..errors import EdgesrmError
 from ..options import FiniteRange, ReplyPrinter
 
@@ -105,8 +105,7 @@ def _number(text: str, kind: type, low: float, high: float, usage: str):
               "(each later reply uses the next one). Default: random.")
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=MIN_CTX, max=MAX_CTX), default=None,
               help="Context size in tokens: the whole conversation must fit. Default: 4096 (at most the model's).")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-              help="CPU threads. Default: physical cores.")
+@threads_option
 def chat(model: str | None, system: str | None, max_tokens: int, temperature: float, seed: int | None,
          n_ctx: int | None, threads: int | None) -> None:
     """Chat with a model in the terminal; the conversation's history stays in the KV cache.

@@ -10,7 +10,12 @@ import warnings
 
 import click
 
+from ..checks import MAX_THREADS
 from ..errors import EdgesrmWarning
+
+# --threads, the same on every command that runs a model.
+threads_option = click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+                              help="CPU threads. Default: physical cores.")
 
 MODEL_HELP = ("GGUF model file, or a name in the model store (edgesrm list). Default: the embedded "
               "SmolLM2-135M-Instruct (Q4_1).")

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 import click
 
-from ..checks import MAX_THREADS
 from ..convert.archs import FAMILIES, OUTTYPES
 from ..convert.quantize import NEEDS_IMATRIX, QUANT_TYPES
+from .common import threads_option
 
 QUANT_HELP = f"Quantize with llama.cpp: {', '.join(QUANT_TYPES)} (case-insensitive)."
 
@@ -58,8 +58,7 @@ def convert(src: str, out: str, outtype: str | None, quant: str | None, revision
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
               help="Give the tensors whose name matches the regular expression PATTERN the ggml type TYPE "
                    "(e.g. ffn_down=q4_k, 'blk\\.(0|1)\\.'=q8_0); repeatable, the first match wins.")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-              help="Threads. Default: physical cores.")
+@threads_option
 @click.option("--allow-requantize", is_flag=True, help="Accept an already quantized input (loses more quality).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def quantize(src: str, out: str, quant: str, imatrix: str | None, tensor_types: tuple[str, ...], threads: int | None,

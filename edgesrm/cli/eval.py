@@ -7,10 +7,10 @@ import sys
 
 import click
 
-from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MAX_TOKENS, MIN_CTX
+from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_TOKENS, MIN_CTX
 from ..options import FiniteRange
 from ..strategies import STRATEGIES
-from .common import MODEL_HELP
+from .common import MODEL_HELP, threads_option
 
 
 @click.command(name="eval")
@@ -40,8 +40,7 @@ from .common import MODEL_HELP
               help="Folder for the per-question JSONL rows, summary.json and accuracy-latency.png.")
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=MIN_CTX, max=MAX_CTX), default=None,
               help="Context size in tokens, all paths together. Default: enough for the paths and --max-tokens.")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-              help="CPU threads. Default: physical cores.")
+@threads_option
 def evaluate_command(dataset: str, limit: int | None, strategies: tuple[str, ...], model: str | None, n_paths: int,
                      budget_tokens: int | None, deadline: float | None, max_tokens: int, temperature: float,
                      seed: int, weighted: bool, no_early_stop: bool, out_dir: str, n_ctx: int | None,

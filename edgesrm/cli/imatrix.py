@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..checks import MAX_THREADS
+from .common import threads_option
 from .convert import terminate_as_interrupt
 
 
@@ -20,8 +20,7 @@ from .convert import terminate_as_interrupt
               help="Tokens per chunk (llama.cpp's default).")
 @click.option("--max-tokens", type=click.IntRange(min=16, max=4096), default=384, show_default=True,
               help="Tokens per reasoning trace.")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-              help="Threads. Default: physical cores.")
+@threads_option
 @click.option("--process-output", is_flag=True, help="Also collect output.weight (as llama-imatrix --process-output).")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

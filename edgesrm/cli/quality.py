@@ -8,11 +8,11 @@ import sys
 
 import click
 
-from ..checks import MAX_THREADS
+from .common import threads_option
 
 
 @click.command()
-@click.argument("model")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--reference", "-r", required=True,
               help="The reference GGUF (a path or a store name): the f16/bf16 file, or the most precise one at hand.")
 @click.option("--data", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -21,24 +21,24 @@ from ..checks import MAX_THREADS
               help="Compare on the reference's chains of thought for this many GSM8K test questions (cached).")
 @click.option("--chunk", "n_ctx", type=click.IntRange(min=32, max=8192), default=512, show_default=True,
               help="Tokens per chunk; the second half of each is scored.")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-              help="Threads. Default: physical cores.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def quality(model: str, reference: str, data: str | None, traces: int, n_ctx: int, threads: int | None,
+@threads_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per MODEL, one per line.")
+def quality(models: tuple[str, ...], reference: str, data: str | None, traces: int, n_ctx: int, threads: int | None,
             as_json: bool) -> None:
-    """Measure how much MODEL (a path or a store name) departs from --reference on the same text:
-    mean and 99th-percentile KL divergence (nats per token), top-1 agreement and perplexity, as
-    llama.cpp's llama-perplexity --kl-divergence reports them.
+    """Measure how much each MODEL (a path or a store name) departs from --reference on the same
+    text: mean and 99th-percentile KL divergence (nats per token), top-1 agreement and perplexity,
+    as llama.cpp's llama-perplexity --kl-divergence reports them. With several MODELs the
+    reference decodes the text once.
 
     \b
     Examples:
       edgesrm quality qwen-q4_k_m.gguf --reference qwen-f16.gguf
-      edgesrm quality qwen-iq3_xxs.gguf -r qwen-f16.gguf --data wiki.txt --json
+      edgesrm quality qwen-q3_k_s.gguf qwen-iq3_xxs.gguf -r qwen-f16.gguf --data wiki.txt --json
     """
     from pathlib import Path
 
     from ..errors import EdgesrmError
-    from ..quality import compare, reasoning_text
+    from ..quality import compare_many, reasoning_text
 
     if data is not None:
         try:
@@ -48,10 +48,13 @@ def quality(model: str, reference: str, data: str | None, traces: int, n_ctx: in
     else:
         click.echo(f"text: the reference's reasoning on {traces} GSM8K test questions (generated once, cached)", err=True)
         text = reasoning_text(reference, traces, threads=threads)
-    result = compare(model, reference, text, n_ctx=n_ctx, threads=threads)
-    if as_json:
-        click.echo(json.dumps(result.to_dict()))
-    else:
+    results = compare_many(models, reference, text, n_ctx=n_ctx, threads=threads)
+    for result in results:
+        if as_json:
+            click.echo(json.dumps(result.to_dict()))  # one object per line, MODEL's order
+            continue
+        if len(results) > 1:
+            click.echo(f"{result.model}:")
         for line in result.lines():
-            click.echo(line)
+            click.echo(("  " if len(results) > 1 else "") + line)
     sys.stdout.flush()

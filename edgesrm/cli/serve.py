@@ -11,10 +11,10 @@ import threading
 
 import click
 
-from ..checks import MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX
+from ..checks import MAX_CTX, MAX_SEQUENCES, MIN_CTX
 from ..errors import EdgesrmError
 from ..options import FiniteRange
-from .common import MODEL_HELP
+from .common import MODEL_HELP, threads_option
 
 DEFAULT_SERVE_CTX = 8192  # tokens for all parallel sequences together (KV cells are shared)
 
@@ -57,7 +57,7 @@ def _listen(host: str, port: int) -> socket.socket:
 @click.option("--ctx", "n_ctx", type=click.IntRange(MIN_CTX, MAX_CTX), default=DEFAULT_SERVE_CTX, show_default=True,
               help="KV cache size in tokens, shared by all sequences (each request reserves its prompt + "
                    "max_tokens per path; the rest holds cached prompts).")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="CPU threads. Default: physical cores.")
+@threads_option
 @click.option("--gpu-layers", type=click.IntRange(-1, 2**31 - 1), default=None,
               help="Layers to offload to the GPU (-1: all). Default: all when llama.cpp was built with a GPU backend.")
 @click.option("--api-key", default=None, envvar="EDGESRM_API_KEY", show_envvar=True,

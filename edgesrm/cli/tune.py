@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..checks import MAX_THREADS
 from ..options import FiniteRange
+from .common import threads_option
 
 
 @click.command()
@@ -27,8 +27,7 @@ from ..options import FiniteRange
               help="An importance matrix for MODEL (`edgesrm imatrix`), used by every candidate.")
 @click.option("--traces", type=click.IntRange(min=1, max=1319), default=4, show_default=True,
               help="KL is measured on MODEL's reasoning on this many GSM8K test questions (cached).")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
-              help="Threads. Default: physical cores.")
+@threads_option
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
 def tune(model: str, out: str, memory_mb: float, strategy: str, paths: int, names: str | None, imatrix: str | None,

@@ -70,9 +70,10 @@ class Scorer:
                 return list(out[:n])
             size = -n
 
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        """Decode ``tokens`` (at most ``n_ctx``) as a fresh sequence: the logits after every
-        position, float32 of shape [len(tokens), n_vocab]."""
+    def decode(self, tokens: list[int]) -> None:
+        """Decode ``tokens`` (1 to ``n_ctx``) as a fresh sequence, with every position's output
+        computed (so that the last layer sees all rows, as llama.cpp's imatrix tool needs).
+        Raises ``EdgesrmError`` when llama.cpp fails."""
         if not 0 < len(tokens) <= self.n_ctx:
             raise EdgesrmError(f"a chunk must have 1 to {self.n_ctx} tokens, got {len(tokens)}")
         llama, batch = self._llama, self._batch
@@ -85,8 +86,14 @@ class Scorer:
         status = llama.llama_decode(self._ctx, batch)
         if status != 0:
             raise EdgesrmError(f"llama_decode failed (status {status}): {recent_errors() or 'unknown error'}")
-        out = llama.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(out, shape=(len(tokens), self.n_vocab)).copy()
+
+    def logits(self, tokens: list[int], *, first: int = 0) -> np.ndarray:
+        """``decode(tokens)``, then the logits after positions ``first`` .. ``len(tokens) - 1``:
+        a float32 copy of shape [len(tokens) - first, n_vocab]."""
+        self.decode(tokens)
+        first = min(max(first, 0), len(tokens))
+        out = np.ctypeslib.as_array(self._llama.llama_get_logits(self._ctx), shape=(len(tokens), self.n_vocab))
+        return out[first:].copy()
 
     def chunks(self, tokens: list[int], *, chunk: int | None = None) -> Iterator[list[int]]:
         """``tokens`` cut into chunks of ``chunk`` (default ``n_ctx``) tokens, the last partial one
