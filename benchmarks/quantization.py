@@ -42,7 +42,7 @@ from reasoning import eval_model  # noqa: E402
 from edgesrm import imatrix as imx  # noqa: E402
 from edgesrm.convert import quantize  # noqa: E402
 from edgesrm.engine.scoring import Scorer  # noqa: E402
-from edgesrm.quality import compare, test_questions  # noqa: E402
+from edgesrm.quality import compare_many, test_questions  # noqa: E402
 
 GENERIC_PROMPTS = [
     f"Write a {kind} about {topic}." for kind in ("short story", "description", "letter", "news report")
@@ -128,18 +128,23 @@ def main() -> None:
             imx.write(im, path)
             say(f"imatrix {name}: {im.chunks} chunks in {time.perf_counter() - started:.0f} s")
         matrices[name] = path
-    rows = []
+    files = []
     for quant in args.types:
         for variant in ("none", "reasoning", "generic"):
             if variant == "none" and quant.upper() in imx_needed():
                 continue
             out = args.work / f"{quant}-{variant}-{n_train}.gguf"
             if not out.exists():
+                started = time.perf_counter()
                 quantize(reference, out, quant, imatrix=None if variant == "none" else matrices[variant])
-            q = compare(out, reference, test)
-            rows.append({"type": quant, "imatrix": variant, "size_mb": round(out.stat().st_size / 2**20, 1),
-                         **q.to_dict()})
-            say(f"{quant} {variant}: KL {q.kl_mean:.4f} (p99 {q.kl_p99:.3f}), top-1 {100 * q.top1:.1f}%")
+                say(f"{out.name}: quantized in {time.perf_counter() - started:.0f} s")
+            files.append((quant, variant, out))
+    say(f"KL of {len(files)} files against the reference on {args.test_traces} test traces")
+    rows = []
+    for (quant, variant, out), q in zip(files, compare_many([f for _, _, f in files], reference, test)):
+        rows.append({"type": quant, "imatrix": variant, "size_mb": round(out.stat().st_size / 2**20, 1),
+                     **q.to_dict()})
+        say(f"{quant} {variant}: KL {q.kl_mean:.4f} (p99 {q.kl_p99:.3f}), top-1 {100 * q.top1:.1f}%")
     result = {"reference": "Q4_K_M dequantized to f16", "train_tokens": n_train, "rows": rows,
               "load_before": load_before, "load_after": os.getloadavg(), "at": time.strftime("%Y-%m-%d %H:%M")}
     args.out.write_text(json.dumps(result, indent=1))

@@ -45,6 +45,8 @@ class Quality:
     top1: float  # share of positions where both models' most likely token is the same
     ppl: float  # the model's perplexity on the text
     ppl_reference: float
+    gsm8k: float | None = None  # accuracy on a GSM8K test slice (gsm8k_accuracy), when measured
+    gsm8k_reference: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +56,9 @@ class Quality:
                 f"max {self.kl_max:.3f} nats ({self.tokens:,} tokens)",
                 f"top-1 agreement: {100 * self.top1:.2f}%",
                 f"perplexity: {self.ppl:.3f} (reference {self.ppl_reference:.3f}, "
-                f"ratio {self.ppl / self.ppl_reference:.4f})"]
+                f"ratio {self.ppl / self.ppl_reference:.4f})"] + (
+                [] if self.gsm8k is None else
+                [f"GSM8K accuracy: {100 * self.gsm8k:.1f}% (reference {100 * self.gsm8k_reference:.1f}%)"])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -137,6 +141,18 @@ def compare_many(models: Sequence[str | Path], reference: str | Path, text: str,
                                    ppl=math.exp(float(nll.mean())), ppl_reference=math.exp(float(nll_ref.mean()))))
         del scored  # the memory map closes before its directory goes
     return results
+
+
+def gsm8k_accuracy(model: str | Path, questions: int, *, strategy: str = "cot", max_tokens: int = 384,
+                   threads: int | None = None) -> float:
+    """``model``'s accuracy (0 to 1) with ``strategy`` on the first ``questions`` GSM8K test
+    questions, as ``edgesrm eval`` measures it (seeded per question, so reproducible)."""
+    from .eval import evaluate, find_dataset, load_items
+    from .runtime import load
+
+    items = load_items(find_dataset("gsm8k"), questions)
+    with load(model, threads=threads) as rt, tempfile.TemporaryDirectory(prefix="edgesrm-quality-") as tmp:
+        return evaluate(rt, items, strategy, Path(tmp) / "rows.jsonl", max_tokens=max_tokens).accuracy
 
 
 def test_questions(limit: int) -> list[str]:

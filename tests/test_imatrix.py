@@ -191,6 +191,11 @@ def test_cli_imatrix_then_quantize_then_quality(model, tmp_path):
     rows = [json.loads(line) for line in qual.stdout.splitlines()]  # one object per model, in order
     assert [r["model"] for r in rows] == ["iq3.gguf", model.name]
     assert rows[0]["kl_mean"] > 0 and rows[1]["kl_mean"] < 1e-6
+    assert rows[0]["gsm8k"] is None
+    graded = edgesrm_cli("quality", str(tmp_path / "iq3.gguf"), "--reference", str(model), "--data", str(text),
+                         "--chunk", "64", "--gsm8k", "2", "--max-tokens", "16")
+    assert graded.returncode == 0, graded.stderr
+    assert "GSM8K accuracy: " in graded.stdout and "(reference " in graded.stdout
     short = tmp_path / "short.txt"
     short.write_text("too short", encoding="utf-8")
     bad = edgesrm_cli("imatrix", str(model), "-o", str(tmp_path / "s.gguf"), "--data", str(short), "--chunk", "64")
