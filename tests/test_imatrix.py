@@ -96,6 +96,29 @@ def test_file_is_llama_cpps_imatrix_format(collected, tmp_path):
                                rtol=1e-6)
 
 
+def test_mixture_of_experts_counts_each_expert(tmp_path):
+    """MUL_MAT_ID: every token's FFN input reaches the router (a plain matrix) once and each of its
+    n_expert_used experts once, so the experts' sums add up to n_expert_used times the router's,
+    and their counts to n_expert_used per token."""
+    moe = tiny_model_from_header(real_header_path("smollm2"), tmp_path / "moe.gguf", n_layer=1, n_embd=256,
+                                 n_head=4, n_head_kv=2, n_ff=256, seed=5, embed_scale=1 / 16, n_expert=4,
+                                 n_expert_used=2)
+    im = imx.collect(moe, [TEXT], datasets=["test text"], n_ctx=64)
+    router, up, gate = (im.sums[f"blk.0.{n}.weight"] for n in ("ffn_gate_inp", "ffn_up_exps", "ffn_gate_exps"))
+    tokens = im.counts["blk.0.ffn_gate_inp.weight"][0]
+    assert up.shape == (4, 256) and router.shape == (1, 256)
+    assert im.counts["blk.0.ffn_up_exps.weight"].sum() == 2 * tokens
+    assert (im.counts["blk.0.ffn_up_exps.weight"] > 0).sum() >= 2  # the router spreads tokens
+    np.testing.assert_allclose(up.sum(axis=0), 2 * router[0], rtol=1e-5)
+    np.testing.assert_allclose(gate, up, rtol=1e-6)
+    path = tmp_path / "moe.imatrix.gguf"
+    imx.write(im, path)
+    back = imx.read(path)
+    np.testing.assert_allclose(back.sums["blk.0.ffn_down_exps.weight"], im.sums["blk.0.ffn_down_exps.weight"],
+                               rtol=1e-6)
+    quantize(moe, tmp_path / "moe-iq3.gguf", "IQ3_XXS", imatrix=path)  # per-expert rows reach the quantizer
+
+
 @pytest.mark.skipif(not (PEER / "llama-quantize").exists(), reason="llama.cpp's llama-quantize is not built "
                     "(bash scripts/build_peer.sh)")
 def test_llama_cpps_quantizer_reads_the_file(model, collected, tmp_path):

@@ -193,6 +193,8 @@ def tiny_model_from_header(
     dtype: str = "f16",
     chat_template: str | None = None,
     embed_scale: float = 1.0,
+    n_expert: int = 0,
+    n_expert_used: int = 0,
 ) -> Path:
     """Write a small random model of ``src_gguf_path``'s architecture with its real tokenizer.
 
@@ -202,6 +204,8 @@ def tiny_model_from_header(
     biases as f32; the output matrix is written only if the source has one (else tied).
     ``embed_scale``: the embedding's standard deviation; with a tied output, 1/sqrt(n_embd) gives
     next-token distributions that are not all on one token (for KL divergence tests).
+    ``n_expert`` > 0 (llama only, as Mixtral): a mixture of experts, ``n_expert_used`` per token
+    (a router ``ffn_gate_inp`` and stacked ``ffn_{gate,up,down}_exps`` in place of the FFN).
     """
     import gguf  # the writer; gguf-py is a dependency of edgesrm
 
@@ -213,6 +217,8 @@ def tiny_model_from_header(
     arch = src.architecture
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"no tiny-model recipe for architecture {arch!r} (have {', '.join(SUPPORTED_ARCHS)})")
+    if n_expert and (arch != "llama" or not 0 < n_expert_used <= n_expert):
+        raise ValueError("experts: llama only, with 0 < n_expert_used <= n_expert")
     n_vocab = len(src.tokens)
     if not n_vocab:
         raise ValueError(f"{src_gguf_path} has no tokenizer.ggml.tokens")
@@ -244,6 +250,9 @@ def tiny_model_from_header(
     if f"{arch}.attention.layer_norm_rms_epsilon" not in src.metadata:
         writer.add_layer_norm_rms_eps(1e-6)
     writer.add_vocab_size(n_vocab)
+    if n_expert:
+        writer.add_expert_count(n_expert)
+        writer.add_expert_used_count(n_expert_used)
 
     if chat_template is not None:  # in place of the source's (gguf-new-metadata --chat-template-file)
         writer.add_chat_template(chat_template)
@@ -290,9 +299,15 @@ def tiny_model_from_header(
         if arch == "gemma3":
             tensors[p + "post_attention_norm.weight"] = norm(n_embd)
         tensors[p + "ffn_norm.weight"] = norm(n_embd)
-        tensors[p + "ffn_gate.weight"] = matrix(n_ff, n_embd)
-        tensors[p + "ffn_up.weight"] = matrix(n_ff, n_embd)
-        tensors[p + "ffn_down.weight"] = matrix(n_embd, n_ff)
+        if n_expert:
+            tensors[p + "ffn_gate_inp.weight"] = matrix(n_expert, n_embd)
+            tensors[p + "ffn_gate_exps.weight"] = np.stack([matrix(n_ff, n_embd) for _ in range(n_expert)])
+            tensors[p + "ffn_up_exps.weight"] = np.stack([matrix(n_ff, n_embd) for _ in range(n_expert)])
+            tensors[p + "ffn_down_exps.weight"] = np.stack([matrix(n_embd, n_ff) for _ in range(n_expert)])
+        else:
+            tensors[p + "ffn_gate.weight"] = matrix(n_ff, n_embd)
+            tensors[p + "ffn_up.weight"] = matrix(n_ff, n_embd)
+            tensors[p + "ffn_down.weight"] = matrix(n_embd, n_ff)
         if arch == "gemma3":
             tensors[p + "post_ffw_norm.weight"] = norm(n_embd)
     tensors["output_norm.weight"] = norm(n_embd)
