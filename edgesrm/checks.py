@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from pathlib import Path
 
 from .errors import EdgesrmError
 
@@ -63,6 +64,16 @@ def check_number(
     else:
         allowed = "a finite number"
     raise EdgesrmError(f"{name} must be {allowed}{unit}, got {show(value)}")
+
+
+def read_text_file(path: str | Path) -> str:
+    """The UTF-8 text of ``path`` (``~`` expanded). Raises ``EdgesrmError`` (one line) when it
+    cannot be read or is not UTF-8."""
+    path = Path(path).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgesrmError(f"cannot read {path} as UTF-8 text: {exc}") from None
 
 
 def show(value: object) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import read_text_file
 from .engine.backend import lib
 from .errors import EdgesrmError
 
@@ -351,10 +352,7 @@ def make(model: str | Path, out: str | Path, *, traces: int = 32, data: str | Pa
     memory_mb = size_mb + n_ctx * max(n_vocab, 32000) * 4 * 2 / 2**20 + 200
     if data is not None:
         path = Path(data).expanduser()
-        try:
-            texts, datasets = [path.read_text(encoding="utf-8")], [str(path)]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EdgesrmError(f"cannot read {path} as UTF-8 text: {exc}") from None
+        texts, datasets = [read_text_file(path)], [str(path)]
         log(f"calibration text: {path} ({len(texts[0]):,} characters); peak memory about {memory_mb:,.0f} MiB")
     else:
         if not isinstance(traces, int) or traces < 1:

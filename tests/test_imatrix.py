@@ -263,3 +263,10 @@ def test_tune_bad_input_is_one_error(model_path, tmp_path, monkeypatch):
     assert not (tmp_path / "t.gguf").exists()
     run = edgesrm_cli("tune", str(model_path), "-o", str(tmp_path / "t.gguf"), "--memory", "0")
     assert run.returncode == 2 and "Traceback" not in run.stderr
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00not utf-8")
+    for command in (["tune", str(model_path), "-o", str(tmp_path / "t.gguf"), "--memory", "100"],
+                    ["quality", str(model_path), "--reference", str(model_path)],
+                    ["imatrix", str(model_path), "-o", str(tmp_path / "m.gguf")]):
+        run = edgesrm_cli(*command, "--data", str(binary))
+        assert run.returncode == 1 and run.stderr.count("\n") == 1 and "as UTF-8 text" in run.stderr, run.stderr

@@ -41,18 +41,13 @@ def quality(models: tuple[str, ...], reference: str, data: str | None, traces: i
       edgesrm quality qwen-q3_k_s.gguf qwen-iq3_xxs.gguf -r qwen-f16.gguf --data wiki.txt --json
       edgesrm quality qwen-q3_k_s.gguf -r qwen-f16.gguf --gsm8k 50     # and accuracy on 50 questions
     """
-    from pathlib import Path
-
-    from ..errors import EdgesrmError
     from dataclasses import replace
 
+    from ..checks import read_text_file
     from ..quality import compare_many, gsm8k_accuracy, reasoning_text
 
     if data is not None:
-        try:
-            text = Path(data).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EdgesrmError(f"cannot read {data} as UTF-8 text: {exc}") from None
+        text = read_text_file(data)
     else:
         click.echo(f"text: the reference's reasoning on {traces} GSM8K test questions (generated once, cached)", err=True)
         text = reasoning_text(reference, traces, threads=threads)

@@ -27,11 +27,13 @@ from .common import threads_option
               help="An importance matrix for MODEL (`edgesrm imatrix`), used by every candidate.")
 @click.option("--traces", type=click.IntRange(min=1, max=1319), default=4, show_default=True,
               help="KL is measured on MODEL's reasoning on this many GSM8K test questions (cached).")
+@click.option("--data", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Measure KL on this UTF-8 text file instead of reasoning traces.")
 @threads_option
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
 def tune(model: str, out: str, memory_mb: float, strategy: str, paths: int, names: str | None, imatrix: str | None,
-         traces: int, threads: int | None, force: bool, as_json: bool) -> None:
+         traces: int, data: str | None, threads: int | None, force: bool, as_json: bool) -> None:
     """Make candidate quantizations of MODEL (a path or a store name; best its f16/bf16 GGUF),
     measure each on this machine (file size, peak memory, decode speed at 1 and --paths
     sequences, KL divergence from MODEL) and write the recommended one: the fastest for the
@@ -43,14 +45,17 @@ def tune(model: str, out: str, memory_mb: float, strategy: str, paths: int, name
       edgesrm tune qwen2.5-1.5b-f16.gguf -o qwen-tuned.gguf --memory 2048
       edgesrm tune qwen2.5-1.5b-f16.gguf -o qwen-tuned.gguf --memory 1500 --strategy cot --types Q4_0,Q4_K_M
     """
+    from ..checks import read_text_file
     from ..tune import table, tune as run
+
+    text = None if data is None else read_text_file(data)
 
     def say(message: str) -> None:
         click.echo(message, err=True)
 
     rows, best = run(model, out, memory_mb=memory_mb, strategy=strategy, paths=paths,
                      names=[n.strip() for n in names.split(",") if n.strip()] if names else None,
-                     imatrix=imatrix, traces=traces, threads=threads, force=force, log=say)
+                     imatrix=imatrix, traces=traces, text=text, threads=threads, force=force, log=say)
     width = paths if strategy == "sc" else 1
     if as_json:
         click.echo(json.dumps({"rows": [r.to_dict() for r in rows], "recommended": best.name}))
