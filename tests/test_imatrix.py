@@ -130,6 +130,22 @@ def test_llama_cpps_quantizer_reads_the_file(model, collected, tmp_path):
     assert "loaded 14 importance matrix entries" in run.stdout + run.stderr
 
 
+@pytest.mark.skipif(not (PEER / "llama-imatrix").exists(), reason="llama.cpp's llama-imatrix is not built "
+                    "(bash scripts/build_peer.sh)")
+def test_the_same_sums_as_llama_cpps_imatrix_tool(model, collected, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "peer.imatrix.gguf"
+    run = subprocess.run([str(PEER / "llama-imatrix"), "-m", str(model), "-f", str(text), "-o", str(out), "-c", "64",
+                          "-b", "64", "-ub", "64", "-t", "2", "--no-ppl"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    peer = imx.read(out)  # the same chunks; its kernels differ a little (ffn_down: within 0.3%)
+    assert set(peer.sums) == set(collected.sums)
+    for name, sums in collected.sums.items():
+        np.testing.assert_allclose(peer.counts[name], collected.counts[name], err_msg=name)
+        np.testing.assert_allclose(peer.sums[name], sums, rtol=5e-3, atol=1e-6 * float(sums.max()), err_msg=name)
+
+
 def test_quantize_with_an_imatrix_changes_the_weights_and_lowers_kl(model, collected, tmp_path):
     path = tmp_path / "m.imatrix.gguf"
     imx.write(collected, path)
