@@ -141,6 +141,8 @@ class Collector:
         return True
 
     def check(self) -> None:
+        if isinstance(self.error, KeyboardInterrupt):  # Ctrl-C (or kill) while llama.cpp was in the callback
+            raise self.error
         if self.error is not None:
             raise EdgesrmError(f"collecting the importance matrix failed: {self.error}") from self.error
 
@@ -325,7 +327,7 @@ def collect(model_path: Path, texts: Iterable[str], *, datasets: list[str], n_ct
             if on_chunk is not None:
                 on_chunk(done, len(chunks))
     im = collector.imatrix
-    im.chunk_size, im.datasets = n_ctx, list(datasets)
+    im.chunk_size, im.datasets = scorer.n_ctx, list(datasets)
     return im
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -109,6 +110,12 @@ def compare_many(models: Sequence[str | Path], reference: str | Path, text: str,
                 raise EdgesrmError(f"the text is {len(tokens)} tokens, shorter than one chunk of {ref.n_ctx}")
             first = ref.n_ctx // 2
             total = len(chunks) * (1 + len(model_paths))
+            need = len(chunks) * (ref.n_ctx - first - 1) * ref.n_vocab * 4
+            free = shutil.disk_usage(tmp).free
+            if need > free - 256 * 2**20:
+                raise EdgesrmError(f"the reference's logits for {len(chunks)} chunks take {need / 2**20:,.0f} MiB and "
+                                   f"{tmp} has {free / 2**20:,.0f} MiB free: compare fewer chunks (quality "
+                                   "--chunks) or point TMPDIR at a larger disk")
             scored = np.lib.format.open_memmap(Path(tmp) / "reference.npy", mode="w+", dtype=np.float32,
                                                shape=(len(chunks), ref.n_ctx - first - 1, ref.n_vocab))
             for i, chunk in enumerate(chunks):

@@ -94,13 +94,21 @@ def profile(engine: Engine, n: int, widths: Iterable[int] | None = None) -> Spee
         file = cache_dir() / "speed.json"
         log.info(f"measuring {engine.model_path.name}'s decode speed with {', '.join(map(str, missing))} "
                  f"sequences at once on this machine, once (cached in {file})")
-        measured = {w: 0.0 for w in missing}
-        for _ in range(ROUNDS):
-            for w in missing:
-                measured[w] = max(measured[w], measure_speed(engine, w))
+        measured = measure_widths(engine, missing)
         log.info("tokens/s: " + ", ".join(f"{measured[w]:.1f} with {w}" for w in missing))
         known = {**known, **_valid(remember(engine, measured))}
     return SpeedProfile({w: known[w] for w in wanted})
+
+
+def measure_widths(engine: Engine, widths: Iterable[int]) -> dict[int, float]:
+    """Aggregate tokens/s at each of ``widths``, measured now (the cache is neither read nor
+    written): the fastest of ``ROUNDS`` interleaved rounds."""
+    widths = list(widths)
+    measured = {w: 0.0 for w in widths}
+    for _ in range(ROUNDS):
+        for w in widths:
+            measured[w] = max(measured[w], measure_speed(engine, w))
+    return measured
 
 
 def known_profile(engine: Engine) -> SpeedProfile | None:

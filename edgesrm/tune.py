@@ -23,6 +23,7 @@ puts Q6_K) wins only when it measures faster here.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,8 @@ class Measured:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """A JSON-ready dict: what was not measured is None (JSON has no NaN)."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
 
 
 def candidates(names: list[str] | None, *, imatrix: bool) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -82,25 +84,30 @@ def candidates(names: list[str] | None, *, imatrix: bool) -> dict[str, tuple[str
 
 def probe(path: str, paths: int, threads: int | None) -> dict:
     """In a child process: load ``path``, measure its batch-speed profile up to ``paths`` sequences
-    (kept in the speed cache) and report it with the process's peak RSS (MiB)."""
+    (now, never from the speed cache: decoding ``paths`` sequences is also what the peak RSS must
+    include) and report it with the process's peak RSS (MiB)."""
     import resource
 
     from . import speed
     from .engine import Engine, EngineConfig
 
     with Engine(path, EngineConfig(n_threads=threads, max_sequences=max(paths, 1), n_ctx=4096)) as engine:
-        profile = speed.profile(engine, paths)
+        speeds = speed.measure_widths(engine, speed.profile_widths(min(paths, engine.max_parallel)))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_mb = peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20
-    return {"speeds": {str(w): s for w, s in profile.tokens_per_s.items()}, "peak_rss_mb": peak_mb}
+    return {"speeds": {str(w): s for w, s in speeds.items()}, "peak_rss_mb": peak_mb}
 
 
 def _probe_in_child(path: Path, paths: int, threads: int | None) -> dict:
     code = (f"import json; from edgesrm.tune import probe; "
             f"print(json.dumps(probe({str(path)!r}, {paths}, {threads!r})))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if run.returncode < 0 or "MemoryError" in run.stderr:  # killed (the OOM killer): it does not fit
+        return {"speeds": {}, "peak_rss_mb": float("nan"), "killed": f"signal {-run.returncode}"
+                if run.returncode < 0 else "out of memory"}
     if run.returncode != 0:
-        raise EdgesrmError(f"measuring {path.name} failed: {run.stderr.strip().splitlines()[-1:] or run.returncode}")
+        lines = run.stderr.strip().splitlines()
+        raise EdgesrmError(f"measuring {path.name} failed: {lines[-1] if lines else f'exit status {run.returncode}'}")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -143,7 +150,9 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
     the work) and when nothing fits ``memory_mb``."""
     from .budget import ModelShape, estimate_memory
     from .convert import quantize
-    from .convert.quantize import input_file_type
+    from .convert.quantize import UNQUANTIZED_FILE_TYPES, input_file_type, quant_type
+    from .imatrix import check_against
+    from .imatrix import read as read_imatrix
     from .convert.writer import check_destination
     from .models import resolve_model
     from .quality import compare_many, reasoning_text
@@ -158,9 +167,13 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
     out = Path(out).expanduser()
     check_destination(out, force)
     chosen = candidates(names, imatrix=imatrix is not None)
+    for name, (quant, _) in chosen.items():  # a type that needs an importance matrix, without one
+        quant_type(quant, imatrix=imatrix is not None)
+    if imatrix is not None:  # another model's matrix is refused now, not once per candidate
+        check_against(read_imatrix(Path(imatrix).expanduser()), src)
     width = paths if strategy == "sc" else 1
     source_type = input_file_type(src)
-    requantize = source_type not in (0, 1, 32)
+    requantize = source_type is not None and source_type not in UNQUANTIZED_FILE_TYPES
     if requantize:
         log(f"note: {src.name} is already quantized; candidates are requantized from it (quality is lost twice: "
             "tune an f16/bf16 file when you have one)")
@@ -168,6 +181,7 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
         log(f"KL text: {src.name}'s reasoning on {traces} GSM8K test questions (generated once, cached)")
         text = reasoning_text(src, traces, threads=threads)
     rows: list[Measured] = []
+    failures: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="edgesrm-tune-", dir=out.parent))
     try:
         for i, (name, (quant, overrides)) in enumerate(chosen.items(), 1):
@@ -179,6 +193,7 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
                          tensor_types=overrides)
             except EdgesrmError as exc:
                 log(f"  {name} skipped: {exc}")
+                failures.append(f"{name}: {exc}")
                 continue
             # A first cut on the estimate (weights + KV cache + buffers): what is far over is not measured.
             est = estimate_memory(ModelShape.of(path), n_ctx=4096, kv_type="f16", n_seqs=paths, n_batch=512)
@@ -187,9 +202,16 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
                                      float("nan"), float("nan"), fits=False, notes=["estimated far over the budget"]))
                 continue
             probed = _probe_in_child(path, paths, threads)
+            if "killed" in probed:
+                rows.append(Measured(name, str(path), path.stat().st_size / 2**20, est.total_mb, {}, float("nan"),
+                                     float("nan"), float("nan"), fits=False,
+                                     notes=[f"the measuring process was stopped ({probed['killed']})"]))
+                continue
             rows.append(Measured(name, str(path), path.stat().st_size / 2**20, probed["peak_rss_mb"],
                                  {int(w): s for w, s in probed["speeds"].items()}, float("nan"), float("nan"),
                                  float("nan"), fits=probed["peak_rss_mb"] <= memory_mb))
+        if not rows:
+            raise EdgesrmError(f"no candidate could be made ({failures[0]})" if failures else "no candidates")
         measured = [r for r in rows if r.speeds]
         if measured:
             log(f"KL against {src.name} ({len(measured)} candidates; the source decodes the text once)")
@@ -204,7 +226,8 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
         best = recommend(measured, width)
         shutil.move(best.path, out)
         _keep_profile(out, best, threads)
-        best.path = str(out)
+        for row in rows:  # the other candidates are deleted with the work directory
+            row.path = str(out) if row is best else ""
         return rows, best
     finally:
         shutil.rmtree(work, ignore_errors=True)

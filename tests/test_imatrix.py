@@ -132,7 +132,11 @@ def test_llama_cpps_quantizer_reads_the_file(model, collected, tmp_path):
 
 @pytest.mark.skipif(not (PEER / "llama-imatrix").exists(), reason="llama.cpp's llama-imatrix is not built "
                     "(bash scripts/build_peer.sh)")
-def test_the_same_sums_as_llama_cpps_imatrix_tool(model, collected, tmp_path):
+@pytest.mark.parametrize("header", ["smollm2", "gemma3"])  # without a BOS, and with one (each chunk starts with it)
+def test_the_same_sums_as_llama_cpps_imatrix_tool(header, tmp_path):
+    model = tiny_model_from_header(real_header_path(header), tmp_path / f"{header}.gguf", n_layer=1, n_embd=128,
+                                   n_head=2, n_head_kv=1, n_ff=256, seed=7)
+    collected = imx.collect(model, [TEXT], datasets=["test text"], n_ctx=64)
     text = tmp_path / "text.txt"
     text.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "peer.imatrix.gguf"
@@ -225,10 +229,11 @@ def test_cli_imatrix_then_quantize_then_quality(model, tmp_path):
     q = edgesrm_cli("quantize", str(model), str(tmp_path / "iq3.gguf"), "--quant", "IQ3_XXS", "--imatrix", str(out))
     assert q.returncode == 0, q.stderr
     qual = edgesrm_cli("quality", str(tmp_path / "iq3.gguf"), str(model), "--reference", str(model), "--data",
-                       str(text), "--chunk", "64", "--json")
+                       str(text), "--chunk", "64", "--chunks", "2", "--json")
     assert qual.returncode == 0, qual.stderr
     rows = [json.loads(line) for line in qual.stdout.splitlines()]  # one object per model, in order
     assert [r["model"] for r in rows] == ["iq3.gguf", model.name]
+    assert rows[0]["tokens"] == 2 * 31  # 2 chunks, each scored from its middle to its next-to-last position
     assert rows[0]["kl_mean"] > 0 and rows[1]["kl_mean"] < 1e-6
     assert rows[0]["gsm8k"] is None
     graded = edgesrm_cli("quality", str(tmp_path / "iq3.gguf"), "--reference", str(model), "--data", str(text),
@@ -276,6 +281,14 @@ def test_tune_bad_input_is_one_error(model_path, tmp_path, monkeypatch):
         tune(model_path, tmp_path / "t.gguf", memory_mb=4096, names=["Q4_ZZ"], text=TEXT)
     with pytest.raises(EdgesrmError, match="strategy must be"):
         tune(model_path, tmp_path / "t.gguf", memory_mb=4096, strategy="beam", text=TEXT)
+    with pytest.raises(EdgesrmError, match="needs an importance matrix"):  # before any candidate is made
+        tune(model_path, tmp_path / "t.gguf", memory_mb=4096, names=["Q4_0", "IQ3_XXS"], text=TEXT)
+    other = tiny_model_from_header(real_header_path("smollm2"), tmp_path / "other.gguf", n_layer=1, n_embd=64)
+    matrix = imx.collect(other, [TEXT], datasets=["t"], n_ctx=64)
+    imx.write(matrix, tmp_path / "other.imatrix.gguf")
+    with pytest.raises(EdgesrmError, match="does not belong to"):
+        tune(model_path, tmp_path / "t.gguf", memory_mb=4096, names=["Q4_0"], imatrix=tmp_path / "other.imatrix.gguf",
+             text=TEXT)
     assert not (tmp_path / "t.gguf").exists()
     run = edgesrm_cli("tune", str(model_path), "-o", str(tmp_path / "t.gguf"), "--memory", "0")
     assert run.returncode == 2 and "Traceback" not in run.stderr

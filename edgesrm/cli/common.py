@@ -6,7 +6,10 @@ Command modules import this, never ``edgesrm.cli`` itself (whose ``__init__`` im
 from __future__ import annotations
 
 import logging
+import signal
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -54,3 +57,17 @@ def show_progress_messages() -> None:
     if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
         logger.addHandler(_EchoHandler())
     logger.setLevel(logging.INFO)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Let ``kill`` (SIGTERM) clean up like Ctrl-C: the temporary output is removed, OUT untouched."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

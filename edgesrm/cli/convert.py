@@ -3,15 +3,11 @@ quantized GGUF (the work is in edgesrm.convert)."""
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import click
 
 from ..convert.archs import FAMILIES, OUTTYPES
 from ..convert.quantize import NEEDS_IMATRIX, QUANT_TYPES
-from .common import threads_option
+from .common import terminate_as_interrupt, threads_option
 
 QUANT_HELP = f"Quantize with llama.cpp: {', '.join(QUANT_TYPES)} (case-insensitive)."
 
@@ -81,15 +77,3 @@ def quantize(src: str, out: str, quant: str, imatrix: str | None, tensor_types: 
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB)", err=True)
 
 
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """Let ``kill`` (SIGTERM) clean up like Ctrl-C: the temporary output is removed, OUT untouched."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import threads_option
-from .convert import terminate_as_interrupt
+from .common import terminate_as_interrupt, threads_option
 
 
 @click.command()

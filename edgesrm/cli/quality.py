@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .common import threads_option
+from .common import terminate_as_interrupt, threads_option
 
 
 @click.command()
@@ -21,6 +21,9 @@ from .common import threads_option
               help="Compare on the reference's chains of thought for this many GSM8K test questions (cached).")
 @click.option("--chunk", "n_ctx", type=click.IntRange(min=32, max=8192), default=512, show_default=True,
               help="Tokens per chunk; the second half of each is scored.")
+@click.option("--chunks", "max_chunks", type=click.IntRange(min=1), default=None,
+              help="Compare on at most this many chunks (as llama-perplexity --chunks). Default: all; the "
+                   "reference's logits take about 150 MiB of temporary disk per chunk for a 150k vocabulary.")
 @click.option("--gsm8k", "gsm8k", type=click.IntRange(min=1, max=1319), default=None,
               help="Also answer this many GSM8K test questions with cot (each MODEL and the reference) and "
                    "report accuracy: minutes per model on a laptop.")
@@ -29,7 +32,7 @@ from .common import threads_option
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per MODEL, one per line.")
 def quality(models: tuple[str, ...], reference: str, data: str | None, traces: int, n_ctx: int,
-            gsm8k: int | None, max_tokens: int, threads: int | None, as_json: bool) -> None:
+            max_chunks: int | None, gsm8k: int | None, max_tokens: int, threads: int | None, as_json: bool) -> None:
     """Measure how much each MODEL (a path or a store name) departs from --reference on the same
     text: mean and 99th-percentile KL divergence (nats per token), top-1 agreement and perplexity,
     as llama.cpp's llama-perplexity --kl-divergence reports them. With several MODELs the
@@ -46,17 +49,18 @@ def quality(models: tuple[str, ...], reference: str, data: str | None, traces: i
     from ..checks import read_text_file
     from ..quality import compare_many, gsm8k_accuracy, reasoning_text
 
-    if data is not None:
-        text = read_text_file(data)
-    else:
-        click.echo(f"text: the reference's reasoning on {traces} GSM8K test questions (generated once, cached)", err=True)
-        text = reasoning_text(reference, traces, threads=threads)
-    results = compare_many(models, reference, text, n_ctx=n_ctx, threads=threads)
-    if gsm8k is not None:
-        click.echo(f"GSM8K: answering {gsm8k} test questions with cot, reference first", err=True)
-        ref_accuracy = gsm8k_accuracy(reference, gsm8k, max_tokens=max_tokens, threads=threads)
-        results = [replace(r, gsm8k=gsm8k_accuracy(m, gsm8k, max_tokens=max_tokens, threads=threads),
-                           gsm8k_reference=ref_accuracy) for m, r in zip(models, results)]
+    with terminate_as_interrupt():  # kill: the reference logits' temporary file goes too
+        if data is not None:
+            text = read_text_file(data)
+        else:
+            click.echo(f"text: the reference's reasoning on {traces} GSM8K test questions (generated once, cached)", err=True)
+            text = reasoning_text(reference, traces, threads=threads)
+        results = compare_many(models, reference, text, n_ctx=n_ctx, threads=threads, max_chunks=max_chunks)
+        if gsm8k is not None:
+            click.echo(f"GSM8K: answering {gsm8k} test questions with cot, reference first", err=True)
+            ref_accuracy = gsm8k_accuracy(reference, gsm8k, max_tokens=max_tokens, threads=threads)
+            results = [replace(r, gsm8k=gsm8k_accuracy(m, gsm8k, max_tokens=max_tokens, threads=threads),
+                               gsm8k_reference=ref_accuracy) for m, r in zip(models, results)]
     for result in results:
         if as_json:
             click.echo(json.dumps(result.to_dict()))  # one object per line, MODEL's order

@@ -96,9 +96,13 @@ class Scorer:
         return out[first:].copy()
 
     def chunks(self, tokens: list[int], *, chunk: int | None = None) -> Iterator[list[int]]:
-        """``tokens`` cut into chunks of ``chunk`` (default ``n_ctx``) tokens, the last partial one
-        left out; the first token of each is BOS when the model adds one (as llama.cpp's tools do)."""
+        """``tokens`` (the text's, without BOS) cut into chunks of ``chunk`` (default ``n_ctx``)
+        tokens, the last partial one left out. When the model adds a BOS it goes before the text
+        and is the first token of every chunk, in place of the text's token there: the same
+        chunks as llama.cpp's imatrix and perplexity tools."""
         size = chunk or self.n_ctx
+        if self.add_bos:
+            tokens = [self.bos, *tokens]
         for start in range(0, len(tokens) - size + 1, size):
             piece = tokens[start:start + size]
             if self.add_bos:
