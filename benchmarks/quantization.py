@@ -55,7 +55,9 @@ def cached_text(path: Path, make) -> str:
     if path.exists():
         return path.read_text(encoding="utf-8")
     text = make()
-    path.write_text(text, encoding="utf-8")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
     return text
 
 
@@ -84,9 +86,14 @@ def same_tokens(model: Path, text: str, tokens: int) -> str:
 
         out = []
         for t in ids[:tokens]:
-            buf = ctypes.create_string_buffer(64)
-            n = scorer._llama.llama_token_to_piece(scorer.vocab, t, buf, 64, 0, True)
-            out.append(buf.raw[:max(n, 0)])
+            size = 64
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = scorer._llama.llama_token_to_piece(scorer.vocab, t, buf, size, 0, True)
+                if n >= 0:
+                    break
+                size = -n  # the piece is longer: llama.cpp says how long
+            out.append(buf.raw[:n])
         return b"".join(out).decode("utf-8", "replace")
 
 
@@ -98,6 +105,8 @@ def main() -> None:
     parser.add_argument("--generic", type=int, default=96, help="generic replies generated (cut to the same tokens)")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edgesrm" / "bench-quantization")
+    parser.add_argument("--variants", default="none,reasoning,generic",
+                        help="which quantizations per type: none (no imatrix), reasoning, generic")
     parser.add_argument("--texts-only", action="store_true", help="stop after the reference and the texts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quantization.json")
     args = parser.parse_args()
@@ -114,14 +123,22 @@ def main() -> None:
         imx.reasoning_traces_for(q4km, test_questions(args.test_traces), max_tokens=args.max_tokens)))
     with Scorer(reference, n_ctx=64) as scorer:
         n_train = len(scorer.tokenize(train))
-    generic = cached_text(args.work / f"generic-{n_train}.txt",
-                          lambda: same_tokens(reference, generic_text(q4km, args.generic, args.max_tokens), n_train))
-    say(f"calibration: {n_train} tokens of reasoning and of generic text")
+    variants = [v for v in args.variants.split(",") if v]
+    calibration = {"reasoning": train}
+    if "generic" in variants:  # the same token count for both matrices: the shorter text's
+        raw = cached_text(args.work / f"generic-raw-{args.generic}-{args.max_tokens}.txt",
+                          lambda: generic_text(q4km, args.generic, args.max_tokens))
+        with Scorer(reference, n_ctx=64) as scorer:
+            n_cal = min(n_train, len(scorer.tokenize(raw)))
+        calibration = {"reasoning": same_tokens(reference, train, n_cal), "generic": same_tokens(reference, raw, n_cal)}
+    else:
+        n_cal = n_train
+    say(f"calibration: {n_cal} tokens each of {' and '.join(calibration)} text")
     if args.texts_only:
         return
     matrices = {}
-    for name, text in (("reasoning", train), ("generic", generic)):
-        path = args.work / f"imatrix-{name}-{n_train}.gguf"
+    for name, text in calibration.items():
+        path = args.work / f"imatrix-{name}-{n_cal}.gguf"
         if not path.exists():
             started = time.perf_counter()
             im = imx.collect(reference, [text], datasets=[name])
@@ -130,10 +147,10 @@ def main() -> None:
         matrices[name] = path
     files = []
     for quant in args.types:
-        for variant in ("none", "reasoning", "generic"):
+        for variant in variants:
             if variant == "none" and quant.upper() in imx_needed():
                 continue
-            out = args.work / f"{quant}-{variant}-{n_train}.gguf"
+            out = args.work / f"{quant}-{variant}-{n_cal if variant != 'none' else 0}.gguf"
             if not out.exists():
                 started = time.perf_counter()
                 quantize(reference, out, quant, imatrix=None if variant == "none" else matrices[variant])
@@ -145,7 +162,7 @@ def main() -> None:
         rows.append({"type": quant, "imatrix": variant, "size_mb": round(out.stat().st_size / 2**20, 1),
                      **q.to_dict()})
         say(f"{quant} {variant}: KL {q.kl_mean:.4f} (p99 {q.kl_p99:.3f}), top-1 {100 * q.top1:.1f}%")
-    result = {"reference": "Q4_K_M dequantized to f16", "train_tokens": n_train, "rows": rows,
+    result = {"reference": "Q4_K_M dequantized to f16", "calibration_tokens": n_cal, "test_traces": args.test_traces, "rows": rows,
               "load_before": load_before, "load_after": os.getloadavg(), "at": time.strftime("%Y-%m-%d %H:%M")}
     args.out.write_text(json.dumps(result, indent=1))
     print("| type | imatrix | size MiB | KL mean | KL p99 | top-1 | PPL |\n|---|---|---:|---:|---:|---:|---:|")
@@ -154,10 +171,10 @@ def main() -> None:
               f"{100 * r['top1']:.1f}% | {r['ppl']:.3f} |")
     for quant in args.types:
         by = {r["imatrix"]: r["kl_mean"] for r in rows if r["type"] == quant}
-        if "none" in by:
+        if "none" in by and "reasoning" in by:
             print(f"{quant}: reasoning imatrix / none = {by['reasoning'] / by['none']:.2f} (target <= 0.7)")
-        print(f"{quant}: reasoning / generic = {by['reasoning'] / by['generic']:.2f}")
-
+        if "generic" in by and "reasoning" in by:
+            print(f"{quant}: reasoning / generic = {by['reasoning'] / by['generic']:.2f}")
 
 def imx_needed() -> tuple[str, ...]:
     from edgesrm.convert.quantize import NEEDS_IMATRIX

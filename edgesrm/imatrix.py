@@ -203,32 +203,37 @@ class Collector:
 
 
 def write(imatrix: Imatrix, path: Path) -> None:
-    """Write llama.cpp's imatrix GGUF (atomically: a temporary file renamed into place)."""
+    """Write llama.cpp's imatrix GGUF (atomically: a temporary file renamed into place, after a
+    free-space check). Raises ``EdgesrmError`` for an empty matrix or a file that cannot be
+    written."""
     import gguf
+
+    from .convert.writer import atomic_output
 
     if not imatrix.sums:
         raise EdgesrmError("the importance matrix is empty: no matrix multiplication was seen")
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch="", endianess=gguf.GGUFEndian.LITTLE)
+    need = sum(4 * (s.size + c.size) + 256 for s, c in zip(imatrix.sums.values(), imatrix.counts.values())) + 2**20
     try:
-        writer.add_type(gguf.GGUFType.IMATRIX)
-        writer.add_array(gguf.Keys.IMatrix.DATASETS, imatrix.datasets or ["unknown"])  # empty: llama.cpp refuses the file
-        writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, imatrix.chunks)
-        writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, imatrix.chunk_size)
-        for name in sorted(imatrix.sums):
-            sums, counts = imatrix.sums[name], imatrix.counts[name]
-            n_mat = counts.size
-            writer.add_tensor(name + IN_SUM2, sums.reshape(n_mat, -1).astype(np.float32))
-            writer.add_tensor(name + COUNTS, counts.reshape(n_mat, 1).astype(np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    tmp.replace(path)
+        with atomic_output(Path(path), force=True, need_bytes=need) as tmp:
+            writer = gguf.GGUFWriter(str(tmp), arch="", endianess=gguf.GGUFEndian.LITTLE)
+            try:
+                writer.add_type(gguf.GGUFType.IMATRIX)
+                # empty datasets: llama.cpp refuses the file
+                writer.add_array(gguf.Keys.IMatrix.DATASETS, imatrix.datasets or ["unknown"])
+                writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, imatrix.chunks)
+                writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, imatrix.chunk_size)
+                for name in sorted(imatrix.sums):
+                    sums, counts = imatrix.sums[name], imatrix.counts[name]
+                    n_mat = counts.size
+                    writer.add_tensor(name + IN_SUM2, sums.reshape(n_mat, -1).astype(np.float32))
+                    writer.add_tensor(name + COUNTS, counts.reshape(n_mat, 1).astype(np.float32))
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_tensors_to_file()
+            finally:
+                writer.close()
+    except OSError as exc:
+        raise EdgesrmError(f"cannot write {path}: {exc}") from None
 
 
 def read(path: Path) -> Imatrix:
