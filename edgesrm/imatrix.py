@@ -349,7 +349,7 @@ def make(model: str | Path, out: str | Path, *, traces: int = 32, data: str | Pa
 
     model_path = resolve_model(str(model))
     out = Path(out).expanduser()
-    check_destination(out, force)
+    check_destination(out, force, inputs=[model_path] + ([Path(data).expanduser()] if data is not None else []))
     if n_ctx < 2 * MIN_ROWS:
         raise EdgesrmError(f"chunks of {n_ctx} tokens are too short: use at least {2 * MIN_ROWS}")
     header = read_header(model_path)
@@ -372,9 +372,12 @@ def make(model: str | Path, out: str | Path, *, traces: int = 32, data: str | Pa
             raise EdgesrmError(f"only {len(questions)} calibration questions are shipped: ask for at most that many traces")
         with Engine(model_path, EngineConfig(n_threads=threads, max_sequences=8)) as engine:
             rate = speed.profile(engine, 8).speed(8)
-        log(f"calibration text: {model_path.name}'s reasoning on {traces} GSM8K train questions, 8 at a time "
-            f"(about {traces * max_tokens * 0.7 / rate / 60:.0f} min at {rate:.1f} tokens/s), then about "
-            f"{traces * max_tokens * 0.9 / n_ctx:.0f} chunks of {n_ctx} tokens; peak memory about {memory_mb:,.0f} MiB")
+        minutes = traces * max_tokens * 0.7 / rate / 60
+        chunks = max(1, round(traces * max_tokens * 0.9 / n_ctx))
+        log(f"calibration text: {model_path.name}'s reasoning on {traces} GSM8K train question{'s' * (traces > 1)}, "
+            f"8 at a time (about {'%.0f min' % minutes if minutes >= 1 else '%.0f s' % (60 * minutes)} at "
+            f"{rate:.1f} tokens/s), then about {chunks} chunk{'s' * (chunks > 1)} of {n_ctx} tokens; peak memory "
+            f"about {memory_mb:,.0f} MiB")
         bar = _bar(traces, "traces", progress)
         try:
             texts = reasoning_traces_for(model_path, questions, max_tokens=max_tokens, threads=threads,

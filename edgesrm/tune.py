@@ -165,7 +165,7 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
         raise EdgesrmError(f"memory must be a positive number of MiB, got {memory_mb!r}")
     src = resolve_model(str(model))
     out = Path(out).expanduser()
-    check_destination(out, force)
+    check_destination(out, force, inputs=[src] + ([Path(imatrix).expanduser()] if imatrix is not None else []))
     chosen = candidates(names, imatrix=imatrix is not None)
     for name, (quant, _) in chosen.items():  # a type that needs an importance matrix, without one
         quant_type(quant, imatrix=imatrix is not None)

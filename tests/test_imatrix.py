@@ -299,3 +299,21 @@ def test_tune_bad_input_is_one_error(model_path, tmp_path, monkeypatch):
                     ["imatrix", str(model_path), "-o", str(tmp_path / "m.gguf")]):
         run = edgesrm_cli(*command, "--data", str(binary))
         assert run.returncode == 1 and run.stderr.count("\n") == 1 and "as UTF-8 text" in run.stderr, run.stderr
+
+
+def test_the_output_is_never_the_input(model, collected, tmp_path):
+    """Even with --force, no command writes over its own input (the model, the matrix, the text)."""
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(model.read_bytes())
+    size = copy.stat().st_size
+    matrix = tmp_path / "m.imatrix.gguf"
+    imx.write(collected, matrix)
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    for command in (["imatrix", str(copy), "-o", str(copy), "--data", str(text)],
+                    ["imatrix", str(copy), "-o", str(text), "--data", str(text)],
+                    ["quantize", str(copy), str(matrix), "--quant", "Q4_K_M", "--imatrix", str(matrix)],
+                    ["tune", str(copy), "-o", str(copy), "--memory", "4096"]):
+        run = edgesrm_cli(*command, "--force")
+        assert run.returncode == 1 and run.stderr.count("\n") == 1 and "input" in run.stderr, (command, run.stderr)
+    assert copy.stat().st_size == size and imx.read(matrix).sums and text.read_text(encoding="utf-8") == TEXT

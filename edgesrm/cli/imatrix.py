@@ -47,4 +47,5 @@ def imatrix(model: str, out: str, traces: int, data: str | None, n_ctx: int, max
     with terminate_as_interrupt():
         im = make(model, out, traces=traces, data=data, n_ctx=n_ctx, threads=threads, max_tokens=max_tokens,
                   force=force, process_output=process_output, progress=not no_progress, log=say)
-    click.echo(f"wrote {out}: {len(im.sums)} weights, {im.chunks} chunks of {im.chunk_size} tokens", err=True)
+    click.echo(f"wrote {out}: {len(im.sums)} weights, {im.chunks} chunk{'s' * (im.chunks != 1)} of {im.chunk_size} "
+               "tokens", err=True)

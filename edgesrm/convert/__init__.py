@@ -123,8 +123,9 @@ def quantize(
         src_path = resolve_model(str(src))  # a store name, or one clear error
     quant_type(quant, imatrix=imatrix is not None)
     check_gguf(src_path)
-    if out.exists() and out.resolve() == src_path.resolve():
-        raise EdgesrmError("the output would overwrite the input; choose another output file")
+    for source in [src_path] + ([Path(imatrix).expanduser()] if imatrix is not None else []):
+        if out.exists() and source.exists() and os.path.samefile(out, source):
+            raise EdgesrmError(f"the output would overwrite the input {source.name}; choose another output file")
     means = None
     if imatrix is not None:
         im = imatrix_file.read(Path(imatrix).expanduser())

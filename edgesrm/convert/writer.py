@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +96,12 @@ def encode(x: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     return gguf.quants.quantize(x, qtype)  # BF16 (rounded to nearest even), Q8_0
 
 
-def check_destination(out: Path, force: bool) -> None:
-    """Fail before any work if OUT cannot or must not be written."""
+def check_destination(out: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
+    """Fail before any work if OUT cannot or must not be written: also when it is one of
+    ``inputs`` (with or without ``force``: the input would be destroyed)."""
+    for source in inputs:
+        if out.exists() and Path(source).exists() and os.path.samefile(out, source):
+            raise EdgesrmError(f"the output {out} is the input {source}: choose another output file")
     if out.is_dir():
         raise EdgesrmError(f"{out} is a directory; give the output file name, e.g. {out / 'model.gguf'}")
     if not out.parent.is_dir():
