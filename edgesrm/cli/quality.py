@@ -21,7 +21,7 @@ from .common import terminate_as_interrupt, threads_option
               help="Compare on the reference's chains of thought for this many GSM8K test questions (cached).")
 @click.option("--chunk", "n_ctx", type=click.IntRange(min=32, max=8192), default=512, show_default=True,
               help="Tokens per chunk; the second half of each is scored.")
-@click.option("--chunks", "max_chunks", type=click.IntRange(min=1), default=None,
+@click.option("--chunks", "max_chunks", type=click.IntRange(min=1, max=1_000_000), default=None,
               help="Compare on at most this many chunks (as llama-perplexity --chunks). Default: all; the "
                    "reference's logits take about 150 MiB of temporary disk per chunk for a 150k vocabulary.")
 @click.option("--gsm8k", "gsm8k", type=click.IntRange(min=1, max=1319), default=None,
