@@ -10,8 +10,11 @@ resumes:
 2. ``traces``: the Q4_K_M model's chains of thought (``cot``, 384 tokens) on GSM8K **train**
    questions (``edgesrm.imatrix.train_questions``; calibration) and on GSM8K **test** questions
    (``--test-traces``; only for measuring KL), decoded 8 at a time.
-3. ``generic``: text of the same model on non-reasoning prompts (short stories, descriptions),
-   cut to the same token count as the reasoning calibration text.
+3. ``generic``: text on non-reasoning prompts (short stories, descriptions, letters) written by
+   ``--generic-model`` (default: the embedded SmolLM2-135M, which writes it in minutes where the
+   evaluation model takes a quarter of an hour), cut to the same token count as the reasoning
+   calibration text. Like the wiki text llama.cpp users calibrate on, it is not the evaluated
+   model's own text.
 4. ``imatrix``: two importance matrices of the f16 reference, one per calibration text (same
    token count).
 5. For each of ``--types`` (default Q3_K_S, IQ3_XXS, Q2_K): quantize the reference without an
@@ -41,7 +44,9 @@ from reasoning import eval_model  # noqa: E402
 
 from edgesrm import imatrix as imx  # noqa: E402
 from edgesrm.convert import quantize  # noqa: E402
+from edgesrm.engine.backend import token_piece  # noqa: E402
 from edgesrm.engine.scoring import Scorer  # noqa: E402
+from edgesrm.models import resolve_model  # noqa: E402
 from edgesrm.quality import compare_many, test_questions  # noqa: E402
 
 GENERIC_PROMPTS = [
@@ -82,18 +87,7 @@ def same_tokens(model: Path, text: str, tokens: int) -> str:
         ids = scorer.tokenize(text)
         if len(ids) < tokens:
             raise SystemExit(f"the generic text has {len(ids)} tokens, fewer than {tokens}: raise --generic")
-        import ctypes
-
-        out = []
-        for t in ids[:tokens]:
-            size = 64
-            while True:
-                buf = ctypes.create_string_buffer(size)
-                n = scorer._llama.llama_token_to_piece(scorer.vocab, t, buf, size, 0, True)
-                if n >= 0:
-                    break
-                size = -n  # the piece is longer: llama.cpp says how long
-            out.append(buf.raw[:n])
+        out = [token_piece(scorer.vocab, t, special=True) for t in ids[:tokens]]
         return b"".join(out).decode("utf-8", "replace")
 
 
@@ -103,6 +97,8 @@ def main() -> None:
     parser.add_argument("--train-traces", type=int, default=48)
     parser.add_argument("--test-traces", type=int, default=16)
     parser.add_argument("--generic", type=int, default=96, help="generic replies generated (cut to the same tokens)")
+    parser.add_argument("--generic-model", default=None,
+                        help="the model that writes the generic text (default: the embedded default model)")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edgesrm" / "bench-quantization")
     parser.add_argument("--variants", default="none,reasoning,generic",
@@ -126,8 +122,9 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     calibration = {"reasoning": train}
     if "generic" in variants:  # the same token count for both matrices: the shorter text's
-        raw = cached_text(args.work / f"generic-raw-{args.generic}-{args.max_tokens}.txt",
-                          lambda: generic_text(q4km, args.generic, args.max_tokens))
+        writer = resolve_model(args.generic_model)
+        raw = cached_text(args.work / f"generic-raw-{writer.stem}-{args.generic}-{args.max_tokens}.txt",
+                          lambda: generic_text(writer, args.generic, args.max_tokens))
         with Scorer(reference, n_ctx=64) as scorer:
             n_cal = min(n_train, len(scorer.tokenize(raw)))
         calibration = {"reasoning": same_tokens(reference, train, n_cal), "generic": same_tokens(reference, raw, n_cal)}
@@ -175,6 +172,7 @@ def main() -> None:
             print(f"{quant}: reasoning imatrix / none = {by['reasoning'] / by['none']:.2f} (target <= 0.7)")
         if "generic" in by and "reasoning" in by:
             print(f"{quant}: reasoning / generic = {by['reasoning'] / by['generic']:.2f}")
+
 
 def imx_needed() -> tuple[str, ...]:
     from edgesrm.convert.quantize import NEEDS_IMATRIX

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -237,10 +238,18 @@ def write(imatrix: Imatrix, path: Path) -> None:
 
 
 def read(path: Path) -> Imatrix:
-    """An imatrix GGUF written by edgesrm or by llama.cpp's imatrix tool. Raises ``EdgesrmError``
-    for a file that is not one."""
+    """An imatrix GGUF written by edgesrm or by llama.cpp's imatrix tool, or the older
+    ``imatrix.dat`` many published models still ship (``read_legacy``). Raises ``EdgesrmError``
+    for a file that is neither."""
     import gguf
 
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise EdgesrmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if magic != b"GGUF":
+        return read_legacy(path)
     try:
         reader = gguf.GGUFReader(str(path))
     except (OSError, ValueError) as exc:
@@ -269,6 +278,65 @@ def read(path: Path) -> Imatrix:
             setattr(im, attr, int(fields[key].contents()))
     if "imatrix.datasets" in fields:
         im.datasets = list(fields["imatrix.datasets"].contents())
+    return im
+
+
+def read_legacy(path: Path) -> Imatrix:
+    """llama.cpp's older binary imatrix (``llama-imatrix --output-format dat``), little-endian:
+    int32 entries; per entry int32 name length, the name, int32 ncall, int32 nval, float32
+    [nval] = mean squared activation * ncall; then int32 chunks and the dataset (length, text).
+    Per-expert counts are not in it: each weight reads back as sums [1, nval] with count ncall,
+    whose mean is what llama-quantize takes from it. Raises ``EdgesrmError`` for another file."""
+    import mmap
+    import struct
+
+    def not_one(why: str) -> EdgesrmError:
+        return EdgesrmError(f"{path} is not an importance matrix: neither an imatrix GGUF nor llama.cpp's older "
+                            f"imatrix.dat ({why})")
+
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise not_one("it is empty")
+            # Mapped, not read: a large file of another kind fails at its first bytes, unread.
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        raise EdgesrmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    pos = 0
+
+    def ints(n: int) -> tuple[int, ...]:
+        nonlocal pos
+        if pos + 4 * n > len(data):
+            raise not_one("it ends early")
+        pos += 4 * n
+        return struct.unpack_from(f"<{n}i", data, pos - 4 * n)
+
+    (entries,) = ints(1)
+    if not 0 < entries <= 1_000_000:
+        raise not_one(f"{entries} entries")
+    im = Imatrix()
+    for _ in range(entries):
+        (length,) = ints(1)
+        if not 0 < length <= 4096 or pos + length > len(data):
+            raise not_one(f"a name of {length} bytes")
+        try:
+            name = data[pos:pos + length].decode("utf-8")
+        except UnicodeDecodeError:
+            raise not_one("a name that is not UTF-8") from None
+        pos += length
+        ncall, nval = ints(2)
+        if ncall < 0 or not 0 < nval <= (len(data) - pos) // 4:
+            raise not_one(f"{name}: {nval} values, {ncall} calls")
+        values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float64)
+        pos += 4 * nval
+        im.sums[name] = values.reshape(1, nval)
+        im.counts[name] = np.array([float(ncall)])
+    if pos + 4 <= len(data):
+        (im.chunks,) = ints(1)
+    if pos + 4 <= len(data):
+        (length,) = ints(1)
+        if 0 < length <= len(data) - pos:
+            im.datasets = [data[pos:pos + length].decode("utf-8", "replace")]
     return im
 
 
@@ -430,6 +498,9 @@ def check_against(imatrix: Imatrix, model_path: Path) -> None:
                            f"weights the model lacks (e.g. {missing[0]})")
     for name, sums in imatrix.sums.items():
         cols = shapes[name][0]
+        experts = shapes[name][2] if len(shapes[name]) > 2 else 1
+        if sums.shape[0] == 1 and experts > 1 and sums.size == experts * cols:
+            continue  # an older imatrix.dat keeps a mixture-of-experts weight's experts in one row
         if sums.shape[-1] != cols:
             raise EdgesrmError(f"the importance matrix does not belong to {model_path.name}: {name} has "
                                f"{sums.shape[-1]} columns in it and {cols} in the model")

@@ -117,6 +117,11 @@ def test_mixture_of_experts_counts_each_expert(tmp_path):
     np.testing.assert_allclose(back.sums["blk.0.ffn_down_exps.weight"], im.sums["blk.0.ffn_down_exps.weight"],
                                rtol=1e-6)
     quantize(moe, tmp_path / "moe-iq3.gguf", "IQ3_XXS", imatrix=path)  # per-expert rows reach the quantizer
+    dat = tmp_path / "moe.imatrix.dat"  # the older format keeps the experts in one row; it fits the model too
+    write_legacy_dat(im, dat)
+    np.testing.assert_allclose(imx.read(dat).means()["blk.0.ffn_up_exps.weight"],
+                               im.means()["blk.0.ffn_up_exps.weight"], rtol=1e-6)
+    quantize(moe, tmp_path / "moe-iq3-dat.gguf", "IQ3_XXS", imatrix=dat)
 
 
 @pytest.mark.skipif(not (PEER / "llama-quantize").exists(), reason="llama.cpp's llama-quantize is not built "
@@ -128,6 +133,41 @@ def test_llama_cpps_quantizer_reads_the_file(model, collected, tmp_path):
                           "IQ3_XXS"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "loaded 14 importance matrix entries" in run.stdout + run.stderr
+
+
+def write_legacy_dat(im: imx.Imatrix, path: Path, ncall: int = 3) -> None:
+    """llama.cpp's older imatrix.dat, written from its format (tools/imatrix, save_imatrix_legacy):
+    per weight the mean squared activation times ncall."""
+    import struct
+
+    out = [struct.pack("<i", len(im.sums))]
+    for name in sorted(im.sums):
+        values = (im.means()[name] * ncall).astype("<f4")
+        out += [struct.pack("<i", len(name)), name.encode(), struct.pack("<ii", ncall, values.size), values.tobytes()]
+    dataset = im.datasets[0].encode()
+    out += [struct.pack("<i", im.chunks), struct.pack("<i", len(dataset)), dataset]
+    path.write_bytes(b"".join(out))
+
+
+def test_the_older_imatrix_dat_is_read(model, collected, tmp_path):
+    dat = tmp_path / "m.imatrix.dat"
+    write_legacy_dat(collected, dat)
+    old = imx.read(dat)
+    assert set(old.sums) == set(collected.sums) and old.chunks == collected.chunks
+    assert old.datasets == ["test text"]
+    for name, mean in collected.means().items():
+        np.testing.assert_allclose(old.means()[name], mean, rtol=1e-6, err_msg=name)
+    via_dat = quantize(model, tmp_path / "dat.gguf", "IQ3_XXS", imatrix=dat)
+    imx.write(collected, tmp_path / "m.gguf")
+    via_gguf = quantize(model, tmp_path / "gguf.gguf", "IQ3_XXS", imatrix=tmp_path / "m.gguf")
+    # Float32 rounding of mean * ncall moves IQ3_XXS's grid search a little: close, not bitwise equal.
+    dat_q, gguf_q = compare_many([via_dat, via_gguf], model, TEXT, n_ctx=64)
+    assert dat_q.kl_mean == pytest.approx(gguf_q.kl_mean, rel=0.1)
+    # Cut short, or not a matrix of either kind: one error.
+    for damaged in (dat.read_bytes()[:100], b"", b"\x00" * 64):
+        dat.write_bytes(damaged)
+        with pytest.raises(EdgesrmError, match="neither an imatrix GGUF nor llama.cpp's older imatrix.dat"):
+            imx.read(dat)
 
 
 @pytest.mark.skipif(not (PEER / "llama-imatrix").exists(), reason="llama.cpp's llama-imatrix is not built "
@@ -148,6 +188,16 @@ def test_the_same_sums_as_llama_cpps_imatrix_tool(header, tmp_path):
     for name, sums in collected.sums.items():
         np.testing.assert_allclose(peer.counts[name], collected.counts[name], err_msg=name)
         np.testing.assert_allclose(peer.sums[name], sums, rtol=5e-3, atol=1e-6 * float(sums.max()), err_msg=name)
+    # The same run in llama.cpp's older format reads back to the same means.
+    dat = tmp_path / "peer.imatrix.dat"
+    run = subprocess.run([str(PEER / "llama-imatrix"), "-m", str(model), "-f", str(text), "-o", str(dat), "-c", "64",
+                          "-b", "64", "-ub", "64", "-t", "2", "--no-ppl", "--output-format", "dat"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    old, means = imx.read(dat), peer.means()
+    assert set(old.sums) == set(means) and old.chunks == peer.chunks
+    for name, mean in old.means().items():
+        np.testing.assert_allclose(mean, means[name], rtol=1e-5, err_msg=name)
 
 
 def test_quantize_with_an_imatrix_changes_the_weights_and_lowers_kl(model, collected, tmp_path):
@@ -156,6 +206,12 @@ def test_quantize_with_an_imatrix_changes_the_weights_and_lowers_kl(model, colle
     plain = quantize(model, tmp_path / "plain.gguf", "Q3_K_S")
     weighted = quantize(model, tmp_path / "weighted.gguf", "Q3_K_S", imatrix=path)
     assert weights(plain)["blk.0.ffn_up.weight"].tobytes() != weights(weighted)["blk.0.ffn_up.weight"].tobytes()
+    # The output says which matrix made it, under llama-quantize's keys; without one, nothing.
+    meta = {f.name: f.contents() for f in gguf.GGUFReader(weighted).fields.values() if f.name.startswith("quantize.")}
+    assert meta == {"quantize.imatrix.file": str(path), "quantize.imatrix.dataset": "test text",
+                    "quantize.imatrix.entries_count": len(collected.sums),
+                    "quantize.imatrix.chunks_count": collected.chunks}
+    assert not any(n.startswith("quantize.") for n in gguf.GGUFReader(plain).fields)
     both = compare_many([plain, weighted], model, TEXT, n_ctx=64)  # the reference decoded once for both
     assert [q.model for q in both] == ["plain.gguf", "weighted.gguf"]
     assert both[1].kl_mean < both[0].kl_mean
@@ -180,6 +236,8 @@ def test_tensor_type_overrides(model, tmp_path):
     ("ffn_down=q9_z", "unknown tensor type"),
     ("nothing_like_this=q4_k", "matches no tensor"),
     ("(unclosed=q4_k", "not a valid regular expression"),
+    # Valid for Python's re, not for llama.cpp's std::regex (ECMAScript has no lookbehind): llama.cpp's error.
+    (r"(?<=blk\.0\.)ffn_down=q8_0", "could not quantize"),
 ])
 def test_bad_tensor_type_overrides_are_one_error(model, tmp_path, spec, message):
     with pytest.raises(EdgesrmError, match=message):
@@ -245,6 +303,11 @@ def test_cli_imatrix_then_quantize_then_quality(model, tmp_path):
     bad = edgesrm_cli("imatrix", str(model), "-o", str(tmp_path / "s.gguf"), "--data", str(short), "--chunk", "64")
     assert bad.returncode == 1 and "shorter than one chunk" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "s.gguf").exists()
+    for extra in (["--traces", "4"], ["--max-tokens", "64"]):  # options of the traces that --data replaces
+        both = edgesrm_cli("imatrix", str(model), "-o", str(tmp_path / "b.gguf"), "--data", str(text), *extra)
+        lines = both.stderr.splitlines()
+        assert both.returncode == 2 and len(lines) == 1 and extra[0] in lines[0] and "--data" in lines[0]
+        assert not (tmp_path / "b.gguf").exists()
 
 
 def test_tune_end_to_end_on_the_embedded_model(model_path, tmp_path, monkeypatch):

@@ -104,8 +104,11 @@ def test_deadline_is_kept_by_forcing_the_answer(rt):
     result = rt.ask(ESSAY, strategy="budget", seed=1, max_tokens=2000, budget=Budget(deadline_s=2.5))
     path = result.paths[0]
     assert not result.deadline_missed and result.total_s < 2.5
-    assert "Final answer:" in path.text  # thinking was cut short to leave time to answer
-    assert path.tokens > 10
+    assert "Final answer:" in path.text
+    # Thinking ran, then was cut short by the clock (not by a cap) to leave time to answer. How
+    # many tokens fit before the deadline depends on the machine's speed, so no count is asserted.
+    assert path.reasoning_ended == "deadline"
+    assert path.reasoning.strip() and path.forced_tokens > 0
 
 
 def test_sc_votes_over_paths_decoded_together(rt):

@@ -49,7 +49,8 @@ def convert(src: str, out: str, outtype: str | None, quant: str | None, revision
 @click.option("--quant", required=True, metavar="TYPE",
               help=QUANT_HELP[:-1] + f"; with --imatrix also {', '.join(NEEDS_IMATRIX)}.")
 @click.option("--imatrix", "imatrix", type=click.Path(dir_okay=False), default=None,
-              help="An importance matrix GGUF for SRC (`edgesrm imatrix`, or llama.cpp's llama-imatrix): "
+              help="An importance matrix for SRC (`edgesrm imatrix`, or llama.cpp's llama-imatrix; GGUF or "
+                   "the older imatrix.dat): "
                    "precision goes where the activations are. Needed by the IQ2/IQ3_XXS/Q2_K_S types.")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
               help="Give the tensors whose name matches the regular expression PATTERN the ggml type TYPE "

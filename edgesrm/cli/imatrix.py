@@ -14,7 +14,8 @@ from .common import terminate_as_interrupt, threads_option
 @click.option("--traces", type=click.IntRange(min=1, max=256), default=32, show_default=True,
               help="Calibrate on the model's own chains of thought for this many GSM8K train questions.")
 @click.option("--data", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Calibrate on this UTF-8 text file instead of reasoning traces.")
+              help="Calibrate on this UTF-8 text file instead of reasoning traces. Control-token text in it "
+                   "(<|im_start|>...) becomes those tokens, as llama-imatrix does with --parse-special.")
 @click.option("--chunk", "n_ctx", type=click.IntRange(min=32, max=8192), default=512, show_default=True,
               help="Tokens per chunk (llama.cpp's default).")
 @click.option("--max-tokens", type=click.IntRange(min=16, max=4096), default=384, show_default=True,
@@ -41,6 +42,11 @@ def imatrix(model: str, out: str, traces: int, data: str | None, n_ctx: int, max
     """
     from ..imatrix import make
 
+    if data is not None:
+        ctx = click.get_current_context()
+        for name, flag in (("traces", "--traces"), ("max_tokens", "--max-tokens")):
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                raise click.UsageError(f"{flag} sets the reasoning traces, which --data replaces: give one or the other")
     def say(message: str) -> None:
         click.echo(message, err=True)
 

@@ -24,7 +24,8 @@ from .common import terminate_as_interrupt, threads_option
               help="Candidates to try (default: Q4_0, IQ4_NL, Q4_K_S, Q4_K_M, Q4_K_M-Q4K, Q5_K_M, Q6_K, Q8_0; "
                    "with --imatrix also IQ3_XXS, Q3_K_S). Q4_K_M-Q4K is Q4_K_M with Q4_K where it puts Q6_K.")
 @click.option("--imatrix", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="An importance matrix for MODEL (`edgesrm imatrix`), used by every candidate.")
+              help="An importance matrix for MODEL (`edgesrm imatrix` or llama.cpp's, GGUF or imatrix.dat), "
+                   "used by every candidate.")
 @click.option("--traces", type=click.IntRange(min=1, max=1319), default=4, show_default=True,
               help="KL is measured on MODEL's reasoning on this many GSM8K test questions (cached).")
 @click.option("--data", type=click.Path(dir_okay=False, exists=True), default=None,

@@ -126,15 +126,20 @@ def quantize(
     for source in [src_path] + ([Path(imatrix).expanduser()] if imatrix is not None else []):
         if out.exists() and source.exists() and os.path.samefile(out, source):
             raise EdgesrmError(f"the output would overwrite the input {source.name}; choose another output file")
-    means = None
+    means, metadata = None, None
     if imatrix is not None:
         im = imatrix_file.read(Path(imatrix).expanduser())
         imatrix_file.check_against(im, src_path)
         means = im.means()
+        # What llama-quantize records about the matrix it used (the same keys).
+        metadata = {"quantize.imatrix.file": str(imatrix), "quantize.imatrix.entries_count": len(im.sums),
+                    "quantize.imatrix.chunks_count": im.chunks}
+        if im.datasets:
+            metadata["quantize.imatrix.dataset"] = im.datasets[0]
     overrides = tensor_overrides(list(tensor_types), [t.name for t in read_header(src_path).tensors]) if tensor_types else []
     with atomic_output(out, force=force, need_bytes=src_path.stat().st_size) as tmp:
         quantize_file(src_path, tmp, quant, threads=threads, allow_requantize=allow_requantize, imatrix=means,
-                      overrides=overrides)
+                      overrides=overrides, metadata=metadata)
     return out
 
 

@@ -69,11 +69,14 @@ def ggml_types() -> dict[str, int]:
 def tensor_overrides(specs: list[str], tensor_names: list[str]) -> list[tuple[str, int]]:
     """``PATTERN=TYPE`` strings as (pattern, ggml type id). Each pattern is a regular expression
     searched in tensor names (lower case, as llama-quantize takes it) and must match at least one
-    of ``tensor_names``; TYPE is a ggml type name (``q4_k``, ``q6_k``, ``q8_0``, ``f16``...)."""
+    of ``tensor_names``; TYPE is a ggml type name (``q4_k``, ``q6_k``, ``q8_0``, ``f16``...).
+    Python's ``re`` checks the pattern here; llama.cpp then uses it as a C++ ``std::regex``
+    (ECMAScript), which refuses Python-only syntax such as lookbehind with one error (no crash)."""
     types = ggml_types()
     out = []
     for spec in specs:
-        pattern, sep, type_name = spec.partition("=") if isinstance(spec, str) else ("", "", "")
+        # At the last "=": a type name has none, a pattern may ("(?=...)").
+        pattern, sep, type_name = spec.rpartition("=") if isinstance(spec, str) else ("", "", "")
         pattern, type_name = pattern.strip().lower(), type_name.strip().lower()
         if not sep or not pattern or not type_name:
             raise EdgesrmError(f"a tensor type override is PATTERN=TYPE (e.g. ffn_down=q4_k), got {spec!r}")
@@ -99,10 +102,11 @@ def input_file_type(path: Path) -> int | None:
 
 def quantize_file(src: Path, dst: Path, quant: str, *, threads: int | None = None,
                   allow_requantize: bool = False, imatrix: dict[str, "np.ndarray"] | None = None,
-                  overrides: list[tuple[str, int]] = ()) -> None:
+                  overrides: list[tuple[str, int]] = (), metadata: dict[str, str | int] | None = None) -> None:
     """Quantize the GGUF ``src`` into ``dst`` (which the caller makes atomic). ``imatrix``: each
     weight's mean squared activations per column (``Imatrix.means()``); ``overrides``: (pattern,
-    ggml type) pairs from ``tensor_overrides``."""
+    ggml type) pairs from ``tensor_overrides``; ``metadata``: keys written into ``dst`` (text up to
+    127 bytes, or an unsigned 32-bit integer, as llama.cpp's ``kv_overrides`` store them)."""
     import numpy as np
 
     ftype = quant_type(quant, imatrix=imatrix is not None)
@@ -135,6 +139,17 @@ def quantize_file(src: Path, dst: Path, quant: str, *, threads: int | None = Non
         table[len(overrides)].pattern = None  # the terminator
         params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama.llama_model_tensor_override))
         keep.append(table)
+    if metadata:
+        kv = (llama.llama_model_kv_override * (len(metadata) + 1))()  # zeroed: the last is the terminator
+        for i, (key, value) in enumerate(metadata.items()):
+            kv[i].key = key.encode()[:127]
+            if isinstance(value, int):
+                kv[i].tag, kv[i].value.val_i64 = llama.LLAMA_KV_OVERRIDE_TYPE_INT, value
+            else:
+                kv[i].tag = llama.LLAMA_KV_OVERRIDE_TYPE_STR
+                kv[i].value.val_str = value.encode("utf-8")[:127].decode("utf-8", "ignore").encode("utf-8")
+        params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama.llama_model_kv_override))
+        keep.append(kv)
     clear_errors()
     status = llama.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if status != 0:

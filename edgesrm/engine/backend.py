@@ -22,6 +22,7 @@ from functools import lru_cache
 import psutil
 
 from ..errors import EdgesrmError
+from .text import clean_text
 
 # ggml type ids accepted for the KV cache (ggml.h). Quantized V needs flash attention.
 KV_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2}
@@ -110,6 +111,39 @@ def load_model(path, gpu_layers: int | None = None):
     if not model:
         raise EdgesrmError(f"cannot load {path}: {recent_errors() or 'llama.cpp gave no reason'}")
     return model
+
+
+def tokenize(vocab, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+    """Token ids of ``text`` in ``vocab`` (a ``llama_vocab`` pointer), through ``llama_tokenize``.
+
+    ``add_special`` adds the BOS the model asks for; ``parse_special`` lets ``<|im_end|>``-style
+    markers written in the text become their tokens. What is not UTF-8 becomes U+FFFD.
+    Raises ``EdgesrmError`` if llama.cpp cannot tokenize it.
+    """
+    llama = lib()
+    data = clean_text(text).encode("utf-8")
+    capacity = len(data) + 8
+    for _ in range(2):  # a second call with the size llama.cpp asked for
+        buf = (ctypes.c_int32 * capacity)()
+        n = llama.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n >= 0:
+            return list(buf[:n])
+        capacity = -n
+    raise EdgesrmError("tokenization failed")
+
+
+def token_piece(vocab, token: int, *, special: bool = False) -> bytes:
+    """The bytes of ``token`` as it appears in text, through ``llama_token_to_piece``; control
+    tokens are empty unless ``special``. ``token`` must be in ``vocab`` (not checked here)."""
+    llama = lib()
+    size = 64
+    for _ in range(2):  # a second call with the size llama.cpp asked for
+        buf = ctypes.create_string_buffer(size)
+        n = llama.llama_token_to_piece(vocab, token, buf, size, 0, special)
+        if n >= 0:
+            return buf.raw[:n]
+        size = -n
+    raise EdgesrmError(f"llama.cpp cannot give the text of token {token}")
 
 
 def default_threads() -> int:

@@ -28,10 +28,10 @@ import numpy as np
 from ..checks import INT32_MAX, MAX_CTX, MAX_SEQUENCES, MAX_THREADS, MIN_CTX, check_int, show
 from ..errors import EdgesrmError, EdgesrmWarning
 from ..models import model_store, resolve_model, write_cache_file
-from .backend import KV_TYPES, backend_report, default_threads, lib, load_model, recent_errors
+from .backend import KV_TYPES, backend_report, default_threads, lib, load_model, recent_errors, token_piece, tokenize
 from .prefix_cache import PrefixCache
 from .sampling import SamplingParams, free_chain, make_chain
-from .text import StopScanner, Utf8Stream, clean_text
+from .text import StopScanner, Utf8Stream
 
 TextCallback = Callable[["Sequence", str], None]
 
@@ -247,15 +247,7 @@ class Engine:
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         """Tokenize ``text``; ``parse_special`` lets ``<|im_end|>``-style markers become their tokens."""
-        data = clean_text(text).encode("utf-8")
-        capacity = len(data) + 8
-        for _ in range(2):
-            buf = (ctypes.c_int32 * capacity)()
-            n = self._llama.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
-            if n >= 0:
-                return list(buf[:n])
-            capacity = -n
-        raise EdgesrmError("tokenization failed")
+        return tokenize(self.vocab, text, add_special=add_special, parse_special=parse_special)
 
     def tokenize_prompt(self, prompt: str | Seq[tuple[str, bool]]) -> list[int]:
         """Token ids of a prompt, starting with exactly one BOS when the model adds one.
@@ -315,12 +307,7 @@ class Engine:
         cached = self._pieces.get(token)
         if cached is None:
             self._check_token(token)
-            buf = ctypes.create_string_buffer(64)
-            n = self._llama.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = self._llama.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
-            cached = self._pieces[token] = buf.raw[:n]
+            cached = self._pieces[token] = token_piece(self.vocab, token)
         return cached
 
     def detokenize_special(self, token: int) -> str:

@@ -6,14 +6,13 @@ for generation (that is ``Engine``).
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EdgesrmError
-from .backend import default_threads, lib, load_model, recent_errors
+from .backend import default_threads, lib, load_model, recent_errors, tokenize
 
 # ggml_backend_sched_eval_callback: (struct ggml_tensor *, bool ask, void *user_data) -> bool
 EvalCallback = Callable[[int, bool, int], bool]
@@ -61,14 +60,7 @@ class Scorer:
 
     def tokenize(self, text: str) -> list[int]:
         """``text`` as tokens, without BOS (special tokens written in it are parsed)."""
-        data = text.encode("utf-8", "replace")
-        size = len(data) + 16
-        while True:
-            out = (ctypes.c_int32 * size)()
-            n = self._llama.llama_tokenize(self.vocab, data, len(data), out, size, False, True)
-            if n >= 0:
-                return list(out[:n])
-            size = -n
+        return tokenize(self.vocab, text)
 
     def decode(self, tokens: list[int]) -> None:
         """Decode ``tokens`` (1 to ``n_ctx``) as a fresh sequence, with every position's output
