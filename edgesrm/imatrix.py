@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,6 +34,7 @@ import numpy as np
 
 from .checks import read_text_file
 from .engine.backend import lib
+from .engine.text import clean_text
 from .errors import EdgesrmError
 
 IN_SUM2, COUNTS = ".in_sum2", ".counts"
@@ -220,7 +222,7 @@ def write(imatrix: Imatrix, path: Path) -> None:
             try:
                 writer.add_type(gguf.GGUFType.IMATRIX)
                 # empty datasets: llama.cpp refuses the file
-                writer.add_array(gguf.Keys.IMatrix.DATASETS, imatrix.datasets or ["unknown"])
+                writer.add_array(gguf.Keys.IMatrix.DATASETS, [clean_text(str(d)) for d in imatrix.datasets] or ["unknown"])
                 writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, imatrix.chunks)
                 writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, imatrix.chunk_size)
                 for name in sorted(imatrix.sums):
@@ -244,6 +246,8 @@ def read(path: Path) -> Imatrix:
     import gguf
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise EdgesrmError(f"{path} is not a file")
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError as exc:
@@ -251,9 +255,12 @@ def read(path: Path) -> Imatrix:
     if magic != b"GGUF":
         return read_legacy(path)
     try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
-        raise EdgesrmError(f"{path} is not an importance matrix GGUF: {exc}") from exc
+        return _read_gguf(path, gguf.GGUFReader(str(path)))
+    except (OSError, ValueError, IndexError, KeyError, TypeError) as exc:  # a damaged file, as gguf-py finds it
+        raise EdgesrmError(f"{path} is not a valid importance matrix GGUF: {exc}") from None
+
+
+def _read_gguf(path: Path, reader) -> Imatrix:
     fields = reader.fields
     kind = fields.get("general.type")
     if kind is not None and kind.contents() != "imatrix":
@@ -268,16 +275,23 @@ def read(path: Path) -> Imatrix:
         if counts is None:
             raise EdgesrmError(f"{path}: {name} has no {weight + COUNTS}")
         c = np.asarray(counts.data, dtype=np.float64).reshape(-1)
-        im.sums[weight] = np.asarray(tensor.data, dtype=np.float64).reshape(c.size, -1)
+        sums = np.asarray(tensor.data, dtype=np.float64)
+        if c.size == 0 or sums.size % c.size:
+            raise EdgesrmError(f"{path}: {name} has {sums.size} values for {c.size} matrices")
+        im.sums[weight] = sums.reshape(c.size, -1)
         im.counts[weight] = c
     if not im.sums:
         raise EdgesrmError(f"{path} is not an importance matrix: it holds no *.in_sum2 tensors "
                            "(make one with `edgesrm imatrix`)")
     for key, attr in (("imatrix.chunk_count", "chunks"), ("imatrix.chunk_size", "chunk_size")):
         if key in fields:
-            setattr(im, attr, int(fields[key].contents()))
+            value = fields[key].contents()
+            if not isinstance(value, int):
+                raise EdgesrmError(f"{path}: {key} is {value!r}, not a number")
+            setattr(im, attr, value)
     if "imatrix.datasets" in fields:
-        im.datasets = list(fields["imatrix.datasets"].contents())
+        value = fields["imatrix.datasets"].contents()
+        im.datasets = [value] if isinstance(value, str) else [str(v) for v in value]
     return im
 
 
@@ -325,8 +339,12 @@ def read_legacy(path: Path) -> Imatrix:
             raise not_one("a name that is not UTF-8") from None
         pos += length
         ncall, nval = ints(2)
-        if ncall < 0 or not 0 < nval <= (len(data) - pos) // 4:
+        if ncall < 0 or nval <= 0:
             raise not_one(f"{name}: {nval} values, {ncall} calls")
+        if nval > (len(data) - pos) // 4:
+            raise not_one(f"it ends early, in {name}")
+        if name in im.sums:
+            raise not_one(f"{name} twice")
         values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float64)
         pos += 4 * nval
         im.sums[name] = values.reshape(1, nval)
@@ -497,6 +515,14 @@ def check_against(imatrix: Imatrix, model_path: Path) -> None:
         raise EdgesrmError(f"the importance matrix does not belong to {model_path.name}: it has {len(missing)} "
                            f"weights the model lacks (e.g. {missing[0]})")
     for name, sums in imatrix.sums.items():
+        counts = imatrix.counts[name]
+        # Sums of squares over counted rows: never negative, and not all zero where rows were counted
+        # (a matrix of zeros tells the quantizer no column matters: the output is ruined, silently).
+        if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(counts))) or np.any(sums < 0) or np.any(counts < 0):
+            raise EdgesrmError(f"the importance matrix is damaged: {name} holds negative or non-finite values")
+        seen = counts.reshape(-1) > 0
+        if seen.any() and not np.any(sums.reshape(counts.size, -1)[seen] > 0):
+            raise EdgesrmError(f"the importance matrix is damaged: {name} is all zeros")
         cols = shapes[name][0]
         experts = shapes[name][2] if len(shapes[name]) > 2 else 1
         if sums.shape[0] == 1 and experts > 1 and sums.size == experts * cols:

@@ -170,6 +170,59 @@ def test_the_older_imatrix_dat_is_read(model, collected, tmp_path):
             imx.read(dat)
 
 
+def _imatrix_gguf(path: Path, tensors: dict[str, np.ndarray], **fields) -> Path:
+    writer = gguf.GGUFWriter(str(path), arch="")
+    writer.add_type(gguf.GGUFType.IMATRIX)
+    for key, value in fields.items():
+        writer.add_string(key, value) if isinstance(value, str) else writer.add_uint32(key, value)
+    for name, data in tensors.items():
+        writer.add_tensor(name, data.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_damaged_or_impossible_matrices_are_one_error(model, collected, tmp_path):
+    """What a break-it pass found: files gguf-py chokes on, values no sum of squares can hold
+    (they ruined the output silently), a FIFO that hung the reader."""
+    name = "blk.0.ffn_up.weight"
+    sums = collected.sums[name]
+    (tmp_path / "magic.gguf").write_bytes(b"GGUF")
+    cases = {
+        "magic only": (tmp_path / "magic.gguf", "importance matrix"),
+        "empty counts": (_imatrix_gguf(tmp_path / "c.gguf", {name + ".in_sum2": sums, name + ".counts": np.zeros(0)}),
+                         "0 matrices"),
+        "chunk count text": (_imatrix_gguf(tmp_path / "t.gguf", {name + ".in_sum2": sums, name + ".counts": np.ones((1, 1))},
+                                           **{"imatrix.chunk_count": "seven"}), "not a number"),
+    }
+    zeros, negative = imx.Imatrix(), imx.Imatrix()
+    for im, values in ((zeros, np.zeros_like(sums)), (negative, -sums)):
+        im.sums, im.counts, im.datasets = {name: values}, {name: collected.counts[name]}, ["t"]
+        write_legacy_dat(im, tmp_path / f"{id(im)}.dat", ncall=1)
+    cases["all zeros"] = (tmp_path / f"{id(zeros)}.dat", "all zeros")
+    cases["negative"] = (tmp_path / f"{id(negative)}.dat", "negative")
+    os.mkfifo(tmp_path / "fifo.dat")
+    cases["fifo"] = (tmp_path / "fifo.dat", "not a file")
+    for case, (path, message) in cases.items():
+        with pytest.raises(EdgesrmError, match=message):
+            quantize(model, tmp_path / "o.gguf", "Q4_K_M", imatrix=path)
+        assert not (tmp_path / "o.gguf").exists(), case
+    # A dataset name that is not UTF-8 (a file name's undecodable bytes) is written, replaced.
+    odd = imx.Imatrix(sums=collected.sums, counts=collected.counts, datasets=["b\udcff.txt"], chunks=1)
+    imx.write(odd, tmp_path / "odd.gguf")
+    assert imx.read(tmp_path / "odd.gguf").datasets == ["b\ufffd.txt"]
+
+
+def test_tensor_type_patterns_are_taken_as_written(model, tmp_path):
+    # \D (not a digit) would become \d if the pattern were lower-cased, and match nothing.
+    out = quantize(model, tmp_path / "mix.gguf", "Q4_K_M", tensor_types=[r"^blk\.0\.attn_k\.\D+$=q8_0"])
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(out)).tensors}
+    assert types["blk.0.attn_k.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["blk.1.attn_k.weight"] != gguf.GGMLQuantizationType.Q8_0
+
+
 @pytest.mark.skipif(not (PEER / "llama-imatrix").exists(), reason="llama.cpp's llama-imatrix is not built "
                     "(bash scripts/build_peer.sh)")
 @pytest.mark.parametrize("header", ["smollm2", "gemma3"])  # without a BOS, and with one (each chunk starts with it)
@@ -303,10 +356,13 @@ def test_cli_imatrix_then_quantize_then_quality(model, tmp_path):
     bad = edgesrm_cli("imatrix", str(model), "-o", str(tmp_path / "s.gguf"), "--data", str(short), "--chunk", "64")
     assert bad.returncode == 1 and "shorter than one chunk" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "s.gguf").exists()
-    for extra in (["--traces", "4"], ["--max-tokens", "64"]):  # options of the traces that --data replaces
-        both = edgesrm_cli("imatrix", str(model), "-o", str(tmp_path / "b.gguf"), "--data", str(text), *extra)
+    for command, extra in ((["imatrix", str(model), "-o", str(tmp_path / "b.gguf")], ["--traces", "4"]),
+                           (["imatrix", str(model), "-o", str(tmp_path / "b.gguf")], ["--max-tokens", "64"]),
+                           (["quality", str(model), "--reference", str(model)], ["--traces", "4"]),
+                           (["tune", str(model), "-o", str(tmp_path / "b.gguf"), "--memory", "900"], ["--traces", "4"])):
+        both = edgesrm_cli(*command, "--data", str(text), *extra)  # options of the traces that --data replaces
         lines = both.stderr.splitlines()
-        assert both.returncode == 2 and len(lines) == 1 and extra[0] in lines[0] and "--data" in lines[0]
+        assert both.returncode == 2 and len(lines) == 1 and extra[0] in lines[0] and "--data" in lines[0], both.stderr
         assert not (tmp_path / "b.gguf").exists()
 
 

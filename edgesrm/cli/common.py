@@ -33,6 +33,18 @@ STRATEGY_HELP = (
 )
 
 
+def refuse_with_data(data: str | None, *options: str) -> None:
+    """A usage error when ``--data`` is given with an option (a parameter name) that sets the
+    reasoning traces ``--data`` replaces: it would be ignored without a word otherwise."""
+    if data is None:
+        return
+    ctx = click.get_current_context()
+    for name in options:
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} sets the reasoning traces, which --data replaces: give one or the other")
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, EdgesrmWarning):
         click.echo(f"warning: {message}", err=True)

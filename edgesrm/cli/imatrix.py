@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import terminate_as_interrupt, threads_option
+from .common import refuse_with_data, terminate_as_interrupt, threads_option
 
 
 @click.command()
@@ -42,11 +42,7 @@ def imatrix(model: str, out: str, traces: int, data: str | None, n_ctx: int, max
     """
     from ..imatrix import make
 
-    if data is not None:
-        ctx = click.get_current_context()
-        for name, flag in (("traces", "--traces"), ("max_tokens", "--max-tokens")):
-            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
-                raise click.UsageError(f"{flag} sets the reasoning traces, which --data replaces: give one or the other")
+    refuse_with_data(data, "traces", "max_tokens")
     def say(message: str) -> None:
         click.echo(message, err=True)
 

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .common import terminate_as_interrupt, threads_option
+from .common import refuse_with_data, terminate_as_interrupt, threads_option
 
 
 @click.command()
@@ -44,6 +44,7 @@ def quality(models: tuple[str, ...], reference: str, data: str | None, traces: i
       edgesrm quality qwen-q3_k_s.gguf qwen-iq3_xxs.gguf -r qwen-f16.gguf --data wiki.txt --json
       edgesrm quality qwen-q3_k_s.gguf -r qwen-f16.gguf --gsm8k 50     # and accuracy on 50 questions
     """
+    refuse_with_data(data, "traces")
     from dataclasses import replace
 
     from ..checks import read_text_file

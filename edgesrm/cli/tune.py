@@ -7,7 +7,7 @@ import json
 import click
 
 from ..options import FiniteRange
-from .common import terminate_as_interrupt, threads_option
+from .common import refuse_with_data, terminate_as_interrupt, threads_option
 
 
 @click.command()
@@ -46,6 +46,7 @@ def tune(model: str, out: str, memory_mb: float, strategy: str, paths: int, name
       edgesrm tune qwen2.5-1.5b-f16.gguf -o qwen-tuned.gguf --memory 2048
       edgesrm tune qwen2.5-1.5b-f16.gguf -o qwen-tuned.gguf --memory 1500 --strategy cot --types Q4_0,Q4_K_M
     """
+    refuse_with_data(data, "traces")
     from ..checks import read_text_file
     from ..tune import table, tune as run
 

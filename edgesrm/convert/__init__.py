@@ -135,7 +135,7 @@ def quantize(
         metadata = {"quantize.imatrix.file": str(imatrix), "quantize.imatrix.entries_count": len(im.sums),
                     "quantize.imatrix.chunks_count": im.chunks}
         if im.datasets:
-            metadata["quantize.imatrix.dataset"] = im.datasets[0]
+            metadata["quantize.imatrix.dataset"] = str(im.datasets[0])
     overrides = tensor_overrides(list(tensor_types), [t.name for t in read_header(src_path).tensors]) if tensor_types else []
     with atomic_output(out, force=force, need_bytes=src_path.stat().st_size) as tmp:
         quantize_file(src_path, tmp, quant, threads=threads, allow_requantize=allow_requantize, imatrix=means,

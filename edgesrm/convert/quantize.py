@@ -68,7 +68,7 @@ def ggml_types() -> dict[str, int]:
 
 def tensor_overrides(specs: list[str], tensor_names: list[str]) -> list[tuple[str, int]]:
     """``PATTERN=TYPE`` strings as (pattern, ggml type id). Each pattern is a regular expression
-    searched in tensor names (lower case, as llama-quantize takes it) and must match at least one
+    searched in tensor names (which are lower case) and must match at least one
     of ``tensor_names``; TYPE is a ggml type name (``q4_k``, ``q6_k``, ``q8_0``, ``f16``...).
     Python's ``re`` checks the pattern here; llama.cpp then uses it as a C++ ``std::regex``
     (ECMAScript), which refuses Python-only syntax such as lookbehind with one error (no crash)."""
@@ -77,7 +77,8 @@ def tensor_overrides(specs: list[str], tensor_names: list[str]) -> list[tuple[st
     for spec in specs:
         # At the last "=": a type name has none, a pattern may ("(?=...)").
         pattern, sep, type_name = spec.rpartition("=") if isinstance(spec, str) else ("", "", "")
-        pattern, type_name = pattern.strip().lower(), type_name.strip().lower()
+        # The pattern as written (lower-casing it would turn \D into \d); tensor names are lower case.
+        pattern, type_name = pattern.strip(), type_name.strip().lower()
         if not sep or not pattern or not type_name:
             raise EdgesrmError(f"a tensor type override is PATTERN=TYPE (e.g. ffn_down=q4_k), got {spec!r}")
         if type_name not in types:
