@@ -43,6 +43,7 @@ def imatrix(model: str, out: str, traces: int, data: str | None, n_ctx: int, max
     from ..imatrix import make
 
     refuse_with_data(data, "traces", "max_tokens")
+
     def say(message: str) -> None:
         click.echo(message, err=True)
 
