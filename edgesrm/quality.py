@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -97,12 +98,14 @@ def compare_many(models: Sequence[str | Path], reference: str | Path, text: str,
     ``on_chunk(done, total)`` after each chunk decoded (total: chunks x (1 + models)).
     Raises ``EdgesrmError`` when a model does not share the reference's vocabulary or tokenizer,
     or the text is shorter than a chunk."""
+    from .convert.writer import remove_stale
     from .engine.scoring import Scorer
     from .models import resolve_model
 
     ref_path = resolve_model(str(reference))
     model_paths = [resolve_model(str(m)) for m in models]
-    with tempfile.TemporaryDirectory(prefix="edgesrm-quality-") as tmp:
+    remove_stale(Path(tempfile.gettempdir()), r"edgesrm-logits-(\d+)-.*")  # what a killed comparison left
+    with tempfile.TemporaryDirectory(prefix=f"edgesrm-logits-{os.getpid()}-") as tmp:
         with Scorer(ref_path, n_ctx=n_ctx, threads=threads) as ref:
             tokens = ref.tokenize(text)
             chunks = list(ref.chunks(tokens))[:max_chunks]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -153,7 +154,7 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
     from .convert.quantize import UNQUANTIZED_FILE_TYPES, input_file_type, quant_type
     from .imatrix import check_against
     from .imatrix import read as read_imatrix
-    from .convert.writer import check_destination
+    from .convert.writer import check_destination, remove_stale
     from .models import resolve_model
     from .quality import compare_many, reasoning_text
 
@@ -182,7 +183,8 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
         text = reasoning_text(src, traces, threads=threads)
     rows: list[Measured] = []
     failures: list[str] = []
-    work = Path(tempfile.mkdtemp(prefix="edgesrm-tune-", dir=out.parent))
+    remove_stale(out.parent, r"edgesrm-tune-(\d+)-.*")  # candidates a killed tune left (GBs)
+    work = Path(tempfile.mkdtemp(prefix=f"edgesrm-tune-{os.getpid()}-", dir=out.parent))
     try:
         for i, (name, (quant, overrides)) in enumerate(chosen.items(), 1):
             log(f"[{i}/{len(chosen)}] {name}: quantizing, then measuring speed (1 to {paths} sequences), "

@@ -154,3 +154,41 @@ def test_repo_id_from_the_hf_cache_when_offline(tmp_path):
     missing = edgesrm_cli("convert", "edgesrm-test/not-cached", "-o", str(tmp_path / "x.gguf"), env=env)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in missing.stderr
+
+
+def test_what_a_killed_process_left_is_removed(tmp_path):
+    """tune's candidates (GBs), compare_many's logits and a conversion's .partial carry the pid
+    that made them: once no process has it and nothing changed for a while, the next run removes
+    them. What a live process (or a just-changed one) owns is left alone."""
+    import time
+
+    from edgesrm.convert.writer import atomic_output, remove_stale
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    old = time.time() - 3600
+
+    def made(path: Path, *, age: float | None = old, directory: bool = True) -> Path:
+        if directory:
+            path.mkdir()
+            (path / "candidate.gguf").write_bytes(b"x")
+            if age is not None:
+                os.utime(path / "candidate.gguf", (age, age))
+        else:
+            path.write_bytes(b"x")
+        if age is not None:
+            os.utime(path, (age, age))
+        return path
+
+    stale = made(tmp_path / f"edgesrm-tune-{gone.pid}-a1")
+    live = made(tmp_path / f"edgesrm-tune-{os.getpid()}-b2")
+    fresh = made(tmp_path / f"edgesrm-tune-{gone.pid}-c3", age=None)
+    other = made(tmp_path / f"unrelated-{gone.pid}-d4")
+    remove_stale(tmp_path, r"edgesrm-tune-(\d+)-.*")
+    assert not stale.exists()
+    assert live.exists() and fresh.exists() and other.exists()
+    partial = made(tmp_path / f".out.gguf.{gone.pid}.partial", directory=False)
+    os.utime(partial, (old, old))
+    with atomic_output(tmp_path / "out.gguf", force=False, need_bytes=1) as tmp:
+        tmp.write_bytes(b"ok")
+    assert not partial.exists() and (tmp_path / "out.gguf").read_bytes() == b"ok"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -120,10 +121,44 @@ def check_free_space(directory: Path, need: int) -> None:
                            f"{_size(need)} and {_size(free)} is free")
 
 
+def remove_stale(directory: Path, pattern: str, *, min_age_s: float = 600.0) -> None:
+    """Remove what edgesrm processes killed without a chance to clean up (SIGKILL, the OOM killer)
+    left in ``directory``: the files and directories whose name matches ``pattern`` (a regular
+    expression whose first group is the pid that made them) when no process has that pid now and
+    nothing in them changed for ``min_age_s`` seconds (a process of another PID namespace, e.g. a
+    container sharing the directory, may still be writing)."""
+    import time
+
+    import psutil
+
+    regex = re.compile(pattern)
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = regex.fullmatch(entry.name)
+        if match is None or psutil.pid_exists(int(match.group(1))):
+            continue
+        try:
+            changed = max([entry.stat().st_mtime] + ([e.stat().st_mtime for e in entry.iterdir()]
+                                                     if entry.is_dir() else []))
+        except OSError:
+            continue
+        if time.time() - changed < min_age_s:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_output(out: Path, *, force: bool, need_bytes: int) -> Iterator[Path]:
-    """Yield a temporary path beside ``out``; rename it to ``out`` if the block succeeds."""
+    """Yield a temporary path beside ``out``; rename it to ``out`` if the block succeeds. The
+    temporary name carries the pid, so that one a killed process left is removed here."""
     check_destination(out, force)
+    remove_stale(out.parent, rf"\.{re.escape(out.name)}\.(\d+)\.partial")
     check_free_space(out.parent, need_bytes)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
