@@ -113,14 +113,15 @@ def load_model(path, gpu_layers: int | None = None):
     return model
 
 
-def tokenize(vocab, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+def tokenize(vocab, text: str, *, add_special: bool = False, parse_special: bool = True, llama=None) -> list[int]:
     """Token ids of ``text`` in ``vocab`` (a ``llama_vocab`` pointer), through ``llama_tokenize``.
 
     ``add_special`` adds the BOS the model asks for; ``parse_special`` lets ``<|im_end|>``-style
     markers written in the text become their tokens. What is not UTF-8 becomes U+FFFD.
-    Raises ``EdgesrmError`` if llama.cpp cannot tokenize it.
+    ``llama``: the library to call (default ``lib()``; a closed engine passes its stand-in, which
+    refuses every call). Raises ``EdgesrmError`` if llama.cpp cannot tokenize it.
     """
-    llama = lib()
+    llama = llama if llama is not None else lib()
     data = clean_text(text).encode("utf-8")
     capacity = len(data) + 8
     for _ in range(2):  # a second call with the size llama.cpp asked for
@@ -132,10 +133,11 @@ def tokenize(vocab, text: str, *, add_special: bool = False, parse_special: bool
     raise EdgesrmError("tokenization failed")
 
 
-def token_piece(vocab, token: int, *, special: bool = False) -> bytes:
+def token_piece(vocab, token: int, *, special: bool = False, llama=None) -> bytes:
     """The bytes of ``token`` as it appears in text, through ``llama_token_to_piece``; control
-    tokens are empty unless ``special``. ``token`` must be in ``vocab`` (not checked here)."""
-    llama = lib()
+    tokens are empty unless ``special``. ``token`` must be in ``vocab`` (not checked here);
+    ``llama`` as for ``tokenize``."""
+    llama = llama if llama is not None else lib()
     size = 64
     for _ in range(2):  # a second call with the size llama.cpp asked for
         buf = ctypes.create_string_buffer(size)

@@ -247,7 +247,7 @@ class Engine:
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         """Tokenize ``text``; ``parse_special`` lets ``<|im_end|>``-style markers become their tokens."""
-        return tokenize(self.vocab, text, add_special=add_special, parse_special=parse_special)
+        return tokenize(self.vocab, text, add_special=add_special, parse_special=parse_special, llama=self._llama)
 
     def tokenize_prompt(self, prompt: str | Seq[tuple[str, bool]]) -> list[int]:
         """Token ids of a prompt, starting with exactly one BOS when the model adds one.
@@ -307,7 +307,7 @@ class Engine:
         cached = self._pieces.get(token)
         if cached is None:
             self._check_token(token)
-            cached = self._pieces[token] = token_piece(self.vocab, token)
+            cached = self._pieces[token] = token_piece(self.vocab, token, llama=self._llama)
         return cached
 
     def detokenize_special(self, token: int) -> str:

@@ -60,7 +60,7 @@ class Scorer:
 
     def tokenize(self, text: str) -> list[int]:
         """``text`` as tokens, without BOS (special tokens written in it are parsed)."""
-        return tokenize(self.vocab, text)
+        return tokenize(self.vocab, text, llama=self._llama)
 
     def decode(self, tokens: list[int]) -> None:
         """Decode ``tokens`` (1 to ``n_ctx``) as a fresh sequence, with every position's output
