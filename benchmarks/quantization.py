@@ -11,8 +11,8 @@ resumes:
    questions (``edgesrm.imatrix.train_questions``; calibration) and on GSM8K **test** questions
    (``--test-traces``; only for measuring KL), decoded 8 at a time.
 3. ``generic``: text on non-reasoning prompts (short stories, descriptions, letters) written by
-   ``--generic-model`` (default: the embedded SmolLM2-135M, which writes it in minutes where the
-   evaluation model takes a quarter of an hour), cut to the same token count as the reasoning
+   ``--generic-model`` (default: the embedded SmolLM2-135M: 96 replies, 154 kB, in 11 minutes
+   here, where the evaluation model took 17 for 48), cut to the same token count as the reasoning
    calibration text. Like the wiki text llama.cpp users calibrate on, it is not the evaluated
    model's own text.
 4. ``imatrix``: two importance matrices of the f16 reference, one per calibration text (same

@@ -302,7 +302,6 @@ def read_legacy(path: Path) -> Imatrix:
     Per-expert counts are not in it: each weight reads back as sums [1, nval] with count ncall,
     whose mean is what llama-quantize takes from it. Raises ``EdgesrmError`` for another file."""
     import mmap
-    import struct
 
     def not_one(why: str) -> EdgesrmError:
         return EdgesrmError(f"{path} is not an importance matrix: neither an imatrix GGUF nor llama.cpp's older "
@@ -316,6 +315,13 @@ def read_legacy(path: Path) -> Imatrix:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
         raise EdgesrmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with data:  # the values are copied out, so the map can close when parsing ends
+        return _parse_legacy(data, not_one)
+
+
+def _parse_legacy(data, not_one: Callable[[str], EdgesrmError]) -> Imatrix:
+    import struct
+
     pos = 0
 
     def ints(n: int) -> tuple[int, ...]:
