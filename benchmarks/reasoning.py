@@ -145,7 +145,8 @@ def summarize(rows: list[dict], quant: str, seq_ids: set[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="GGUF (default: the evaluation model)")
-    parser.add_argument("--quants", default="Q4_K_M,Q4_0", help="as shipped (Q4_K_M) and/or requantized types")
+    parser.add_argument("--quants", default="Q4_K_M,Q4_0", help="Q4_K_M: the --model file as it is (the evaluation model ships as Q4_K_M); "
+                             "any other type: that file requantized to it")
     parser.add_argument("--dataset", default="gsm8k",
                         help="gsm8k (its test set) or a JSONL path, e.g. the train set to calibrate on")
     parser.add_argument("--limit", type=int, default=50)
@@ -183,9 +184,9 @@ def main() -> None:
                     rows.append(row)
                     f.write(json.dumps(row) + "\n")
                     f.flush()
-                    print(f"{quant} q{item.id:3d} {config:>14} {row['seconds']:7.1f} s {row['tokens']:5d} tok "
+                    print(f"{path.stem} q{item.id:3d} {config:>14} {row['seconds']:7.1f} s {row['tokens']:5d} tok "
                           f"{'ok' if row['correct'] else '--'}", flush=True)
-        summarize(rows, quant, seq_ids)
+        summarize(rows, path.stem, seq_ids)
 
 
 if __name__ == "__main__":
