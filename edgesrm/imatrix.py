@@ -59,9 +59,10 @@ GGMLTensor._fields_ = [
 def _ggml():
     """libggml-base's functions the collector calls (loaded with llama.cpp, found by name)."""
     import llama_cpp
+    from llama_cpp._ctypes_extensions import load_shared_library  # .so, .dylib or .dll, as llama_cpp loads
 
     lib()
-    base = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    base = load_shared_library("ggml-base", Path(llama_cpp.__file__).parent / "lib")
     for name, restype, argtypes in (
         ("ggml_op_name", ctypes.c_char_p, [ctypes.c_int]),
         ("ggml_backend_buffer_is_host", ctypes.c_bool, [ctypes.c_void_p]),
@@ -205,10 +206,10 @@ class Collector:
 # -- the file ------------------------------------------------------------------------------
 
 
-def write(imatrix: Imatrix, path: Path) -> None:
+def write(imatrix: Imatrix, path: Path, *, force: bool = True) -> None:
     """Write llama.cpp's imatrix GGUF (atomically: a temporary file renamed into place, after a
-    free-space check). Raises ``EdgesrmError`` for an empty matrix or a file that cannot be
-    written."""
+    free-space check). Raises ``EdgesrmError`` for an empty matrix, a file that cannot be
+    written, or (``force=False``) a file that exists at ``path``."""
     import gguf
 
     from .convert.writer import atomic_output
@@ -217,7 +218,7 @@ def write(imatrix: Imatrix, path: Path) -> None:
         raise EdgesrmError("the importance matrix is empty: no matrix multiplication was seen")
     need = sum(4 * (s.size + c.size) + 256 for s, c in zip(imatrix.sums.values(), imatrix.counts.values())) + 2**20
     try:
-        with atomic_output(Path(path), force=True, need_bytes=need) as tmp:
+        with atomic_output(Path(path), force=force, need_bytes=need) as tmp:
             writer = gguf.GGUFWriter(str(tmp), arch="", endianess=gguf.GGUFEndian.LITTLE)
             try:
                 writer.add_type(gguf.GGUFType.IMATRIX)
@@ -493,7 +494,7 @@ def make(model: str | Path, out: str | Path, *, traces: int = 32, data: str | Pa
     finally:
         if bar:
             bar.close()
-    write(im, out)
+    write(im, out, force=force)  # a file that appeared at ``out`` during the run is kept too
     return im
 
 

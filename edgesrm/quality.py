@@ -88,6 +88,21 @@ def compare(model: str | Path, reference: str | Path, text: str, *, n_ctx: int =
                         on_chunk=on_chunk)[0]
 
 
+def check_text(reference: str | Path, text: str, *, n_ctx: int = CHUNK, threads: int | None = None) -> int:
+    """The number of whole chunks of ``n_ctx`` tokens ``text`` makes with ``reference``'s
+    tokenizer, checked before long work that ends in a comparison. Raises ``EdgesrmError``
+    when it is shorter than one chunk."""
+    from .engine.scoring import Scorer
+    from .models import resolve_model
+
+    with Scorer(resolve_model(str(reference)), n_ctx=n_ctx, threads=threads) as ref:
+        tokens = ref.tokenize(text)
+        chunks = sum(1 for _ in ref.chunks(tokens))
+    if not chunks:
+        raise EdgesrmError(f"the text is {len(tokens)} tokens, shorter than one chunk of {n_ctx}")
+    return chunks
+
+
 def compare_many(models: Sequence[str | Path], reference: str | Path, text: str, *, n_ctx: int = CHUNK,
                  threads: int | None = None, max_chunks: int | None = None,
                  on_chunk: Callable[[int, int], None] | None = None) -> list[Quality]:

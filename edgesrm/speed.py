@@ -111,12 +111,6 @@ def measure_widths(engine: Engine, widths: Iterable[int]) -> dict[int, float]:
     return measured
 
 
-def known_profile(engine: Engine) -> SpeedProfile | None:
-    """What has been measured for this model and machine, without measuring anything."""
-    speeds = _valid(_read_table().get(_key(engine)))
-    return SpeedProfile(speeds) if speeds else None
-
-
 def _valid(entry: object) -> dict[int, float]:
     """The usable widths and speeds of a cache entry (a hand-edited file may hold anything)."""
     if not isinstance(entry, dict):
@@ -153,11 +147,6 @@ def remember_file(path: Path, threads: int, speeds: dict[int, float]) -> dict[st
     table[key] = known
     write_cache_file(file, json.dumps(table, indent=1))  # a read-only cache: measured again next time
     return known
-
-
-def decode_speed(engine: Engine, n: int) -> float:
-    """Aggregate tokens/s decoding ``n`` sequences at once (measured on first use)."""
-    return profile(engine, n, [n]).speed(n)
 
 
 def measure_speed(engine: Engine, n: int) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,10 +107,12 @@ def _probe_in_child(path: Path, paths: int, threads: int | None) -> dict:
     if run.returncode < 0 or "MemoryError" in run.stderr:  # killed (the OOM killer): it does not fit
         return {"speeds": {}, "peak_rss_mb": float("nan"), "killed": f"signal {-run.returncode}"
                 if run.returncode < 0 else "out of memory"}
-    if run.returncode != 0:
-        lines = run.stderr.strip().splitlines()
-        raise EdgesrmError(f"measuring {path.name} failed: {lines[-1] if lines else f'exit status {run.returncode}'}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    lines = run.stdout.strip().splitlines()
+    if run.returncode != 0 or not lines:  # this candidate is not measured; the others still are
+        errors = run.stderr.strip().splitlines()
+        reason = re.sub(r"^[\w.]+(Error|Exception): ", "", errors[-1]) if errors else f"exit status {run.returncode}"
+        return {"speeds": {}, "peak_rss_mb": float("nan"), "failed": reason}
+    return json.loads(lines[-1])
 
 
 def pareto(rows: list[Measured], width: int) -> None:
@@ -156,7 +159,7 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
     from .imatrix import read as read_imatrix
     from .convert.writer import check_destination, remove_stale
     from .models import resolve_model
-    from .quality import compare_many, reasoning_text
+    from .quality import check_text, compare_many, reasoning_text
 
     if strategy not in ("sc", "cot"):
         raise EdgesrmError(f"strategy must be sc or cot, got {strategy!r}")
@@ -181,6 +184,7 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
     if text is None:
         log(f"KL text: {src.name}'s reasoning on {traces} GSM8K test questions (generated once, cached)")
         text = reasoning_text(src, traces, threads=threads)
+    check_text(src, text, threads=threads)  # too short for KL: said now, not after every candidate
     rows: list[Measured] = []
     failures: list[str] = []
     remove_stale(out.parent, r"edgesrm-tune-(\d+)-.*")  # candidates a killed tune left (GBs)
@@ -204,6 +208,10 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
                                      float("nan"), float("nan"), fits=False, notes=["estimated far over the budget"]))
                 continue
             probed = _probe_in_child(path, paths, threads)
+            if "failed" in probed:
+                log(f"  {name} skipped: measuring it failed: {probed['failed']}")
+                failures.append(f"{name}: measuring it failed: {probed['failed']}")
+                continue
             if "killed" in probed:
                 rows.append(Measured(name, str(path), path.stat().st_size / 2**20, est.total_mb, {}, float("nan"),
                                      float("nan"), float("nan"), fits=False,
@@ -215,15 +223,14 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
         if not rows:
             raise EdgesrmError(f"no candidate could be made ({failures[0]})" if failures else "no candidates")
         measured = [r for r in rows if r.speeds]
-        if measured:
-            log(f"KL against {src.name} ({len(measured)} candidates; the source decodes the text once)")
-            for row, quality in zip(measured, compare_many([r.path for r in measured], src, text, threads=threads,
-                                                           max_chunks=8)):
-                row.kl_mean, row.kl_p99, row.top1 = quality.kl_mean, quality.kl_p99, quality.top1
-        if not any(r.fits for r in measured):
+        if not any(r.fits for r in measured):  # before the KL pass, which would be wasted
             smallest = min((r.peak_rss_mb for r in rows), default=float("nan"))
             raise EdgesrmError(f"no candidate fits {memory_mb:,.0f} MiB: the smallest peaked at {smallest:,.0f} MiB "
                                f"with {paths} sequences (try fewer --paths or a smaller model)")
+        log(f"KL against {src.name} ({len(measured)} candidates; the source decodes the text once)")
+        for row, quality in zip(measured, compare_many([r.path for r in measured], src, text, threads=threads,
+                                                       max_chunks=8)):
+            row.kl_mean, row.kl_p99, row.top1 = quality.kl_mean, quality.kl_p99, quality.top1
         pareto(measured, width)
         best = recommend(measured, width)
         shutil.move(best.path, out)

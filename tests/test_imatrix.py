@@ -287,7 +287,9 @@ def test_tensor_type_overrides(model, tmp_path):
 @pytest.mark.parametrize("spec, message", [
     ("ffn_down", "PATTERN=TYPE"),
     ("ffn_down=q9_z", "unknown tensor type"),
-    ("nothing_like_this=q4_k", "matches no tensor"),
+    ("nothing_like_this=q4_k", "matches no weight"),
+    # Norms exist in the model but llama.cpp never quantizes them: the override would do nothing.
+    ("attn_norm=q4_k", "matches no weight that llama.cpp quantizes"),
     ("(unclosed=q4_k", "not a valid regular expression"),
     # Valid for Python's re, not for llama.cpp's std::regex (ECMAScript has no lookbehind): llama.cpp's error.
     (r"(?<=blk\.0\.)ffn_down=q8_0", "could not quantize"),
@@ -295,6 +297,13 @@ def test_tensor_type_overrides(model, tmp_path):
 def test_bad_tensor_type_overrides_are_one_error(model, tmp_path, spec, message):
     with pytest.raises(EdgesrmError, match=message):
         quantize(model, tmp_path / "x.gguf", "Q4_K_M", tensor_types=[spec])
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_tensor_type_overrides_need_a_quantized_type(model, tmp_path):
+    # llama.cpp ignores overrides when the file type is not quantized: refused rather than ignored.
+    with pytest.raises(EdgesrmError, match="need a quantized type"):
+        quantize(model, tmp_path / "x.gguf", "F16", tensor_types=["ffn_down=q8_0"])
     assert not (tmp_path / "x.gguf").exists()
 
 
@@ -402,6 +411,9 @@ def test_tune_bad_input_is_one_error(model_path, tmp_path, monkeypatch):
         tune(model_path, tmp_path / "t.gguf", memory_mb=4096, strategy="beam", text=TEXT)
     with pytest.raises(EdgesrmError, match="needs an importance matrix"):  # before any candidate is made
         tune(model_path, tmp_path / "t.gguf", memory_mb=4096, names=["Q4_0", "IQ3_XXS"], text=TEXT)
+    with pytest.raises(EdgesrmError, match="shorter than one chunk"):  # said before any candidate is made
+        tune(model_path, tmp_path / "t.gguf", memory_mb=4096, names=["Q4_0"], text="Too short to compare on.")
+    assert not list(tmp_path.glob("edgesrm-tune-*"))
     other = tiny_model_from_header(real_header_path("smollm2"), tmp_path / "other.gguf", n_layer=1, n_embd=64)
     matrix = imx.collect(other, [TEXT], datasets=["t"], n_ctx=64)
     imx.write(matrix, tmp_path / "other.imatrix.gguf")
@@ -418,6 +430,16 @@ def test_tune_bad_input_is_one_error(model_path, tmp_path, monkeypatch):
                     ["imatrix", str(model_path), "-o", str(tmp_path / "m.gguf")]):
         run = edgesrm_cli(*command, "--data", str(binary))
         assert run.returncode == 1 and run.stderr.count("\n") == 1 and "as UTF-8 text" in run.stderr, run.stderr
+
+
+def test_a_candidate_that_cannot_be_measured_is_skipped_not_fatal(tmp_path):
+    # The probe runs in a child process; its failure is this candidate's, reported as a reason.
+    from edgesrm.tune import _probe_in_child
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF but not really a model")
+    probed = _probe_in_child(junk, 2, 1)
+    assert probed["speeds"] == {} and probed["failed"] and not probed["failed"].startswith("edgesrm.errors")
 
 
 def test_the_output_is_never_the_input(model, collected, tmp_path):

@@ -51,7 +51,7 @@ def convert(src: str, out: str, outtype: str | None, quant: str | None, revision
 @click.option("--imatrix", "imatrix", type=click.Path(dir_okay=False), default=None,
               help="An importance matrix for SRC (`edgesrm imatrix`, or llama.cpp's llama-imatrix; GGUF or "
                    "the older imatrix.dat): "
-                   "precision goes where the activations are. Needed by the IQ2/IQ3_XXS/Q2_K_S types.")
+                   "precision goes where the activations are. Needed by the IQ1, IQ2, IQ3_XXS, IQ3_XS and Q2_K_S types.")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
               help="Give the tensors whose name matches the regular expression PATTERN the ggml type TYPE "
                    "(e.g. ffn_down=q4_k, 'blk\\.(0|1)\\.'=q8_0); repeatable, the first match wins.")

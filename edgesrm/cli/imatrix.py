@@ -28,7 +28,7 @@ def imatrix(model: str, out: str, traces: int, data: str | None, n_ctx: int, max
             process_output: bool, force: bool, no_progress: bool) -> None:
     """Compute an importance matrix for MODEL (a path or a store name): how large each input
     column of every weight matrix runs on calibration text, which quantizing with --imatrix uses
-    to keep precision where it matters (and which the IQ2/IQ3_XXS/Q2_K_S types need).
+    to keep precision where it matters (and which the IQ1, IQ2, IQ3_XXS, IQ3_XS and Q2_K_S types need).
 
     By default the calibration text is MODEL's own reasoning on GSM8K train questions, so the
     matrix weighs what the model does when it reasons; --data takes any text instead. Compute it

@@ -14,7 +14,7 @@ from .common import refuse_with_data, terminate_as_interrupt, threads_option
 @click.argument("model")
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the recommended GGUF.")
-@click.option("--memory", "memory_mb", required=True, type=FiniteRange(min=1.0, max=float(2**24)), metavar="MB",
+@click.option("--memory", "memory_mb", required=True, type=FiniteRange(min=1.0, max=float(2**24)), metavar="MiB",
               help="The peak memory (MiB) the model may take while decoding --paths sequences.")
 @click.option("--strategy", type=click.Choice(["sc", "cot"]), default="sc", show_default=True,
               help="sc: judge speed with --paths sequences at once; cot: with one.")

@@ -136,7 +136,14 @@ def quantize(
                     "quantize.imatrix.chunks_count": im.chunks}
         if im.datasets:
             metadata["quantize.imatrix.dataset"] = str(im.datasets[0])
-    overrides = tensor_overrides(list(tensor_types), [t.name for t in read_header(src_path).tensors]) if tensor_types else []
+    overrides = []
+    if tensor_types:
+        if quant.upper() in ("F32", "F16", "BF16"):  # llama.cpp applies overrides only to a quantized file type
+            raise EdgesrmError(f"tensor type overrides need a quantized type (e.g. Q4_K_M), not {quant.upper()}")
+        # Only the weights llama.cpp quantizes: 2-D and larger, named *weight, not norms or expert gates.
+        names = [t.name for t in read_header(src_path).tensors if len(t.shape) >= 2 and t.name.endswith("weight")
+                 and "_norm.weight" not in t.name and "ffn_gate_inp.weight" not in t.name]
+        overrides = tensor_overrides(list(tensor_types), names)
     with atomic_output(out, force=force, need_bytes=src_path.stat().st_size) as tmp:
         quantize_file(src_path, tmp, quant, threads=threads, allow_requantize=allow_requantize, imatrix=means,
                       overrides=overrides, metadata=metadata)

@@ -69,7 +69,7 @@ def ggml_types() -> dict[str, int]:
 def tensor_overrides(specs: list[str], tensor_names: list[str]) -> list[tuple[str, int]]:
     """``PATTERN=TYPE`` strings as (pattern, ggml type id). Each pattern is a regular expression
     searched in tensor names (which are lower case) and must match at least one
-    of ``tensor_names``; TYPE is a ggml type name (``q4_k``, ``q6_k``, ``q8_0``, ``f16``...).
+    of ``tensor_names`` (the weights llama.cpp quantizes); TYPE is a ggml type name (``q4_k``, ``q6_k``, ``q8_0``, ``f16``...).
     Python's ``re`` checks the pattern here; llama.cpp then uses it as a C++ ``std::regex``
     (ECMAScript), which refuses Python-only syntax such as lookbehind with one error (no crash)."""
     types = ggml_types()
@@ -88,7 +88,8 @@ def tensor_overrides(specs: list[str], tensor_names: list[str]) -> list[tuple[st
         except re.error as exc:
             raise EdgesrmError(f"{pattern!r} in {spec!r} is not a valid regular expression: {exc}") from None
         if not any(regex.search(name) for name in tensor_names):
-            raise EdgesrmError(f"the pattern {pattern!r} matches no tensor of the model (e.g. {tensor_names[0]})")
+            example = f" (e.g. {tensor_names[0]})" if tensor_names else ""
+            raise EdgesrmError(f"the pattern {pattern!r} matches no weight that llama.cpp quantizes in this model{example}")
         out.append((pattern, types[type_name]))
     return out
 
