@@ -143,14 +143,15 @@ def recommend(rows: list[Measured], width: int) -> Measured:
 def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str = "sc", paths: int = 8,
          names: list[str] | None = None, imatrix: str | Path | None = None, traces: int = 4,
          text: str | None = None, threads: int | None = None, force: bool = False,
-         log: Callable[[str], None] = lambda m: None) -> tuple[list[Measured], Measured]:
+         log: Callable[[str], None] = lambda m: None,
+         on_trace: Callable[[], None] | None = None) -> tuple[list[Measured], Measured]:
     """Measure the candidates made from ``model`` (a path or a store name; best an f16/bf16 GGUF),
     write the recommended one to ``out`` and return (every row, the recommended row).
 
     ``memory_mb``: what the process may take at its peak (MiB); ``strategy``: ``sc`` judges speed
     at ``paths`` sequences, ``cot`` at one; ``names``: the candidates (default: ``CANDIDATES``,
     and ``WITH_IMATRIX`` with an ``imatrix``); ``text``: the KL text (default: the source's
-    reasoning on ``traces`` GSM8K test questions). Raises ``EdgesrmError`` for bad input (before
+    reasoning on ``traces`` GSM8K test questions; ``on_trace()`` after each). Raises ``EdgesrmError`` for bad input (before
     the work) and when nothing fits ``memory_mb``."""
     from .budget import ModelShape, estimate_memory
     from .convert import quantize
@@ -183,7 +184,7 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
             "tune an f16/bf16 file when you have one)")
     if text is None:
         log(f"KL text: {src.name}'s reasoning on {traces} GSM8K test questions (generated once, cached)")
-        text = reasoning_text(src, traces, threads=threads)
+        text = reasoning_text(src, traces, threads=threads, on_trace=on_trace)
     check_text(src, text, threads=threads)  # too short for KL: said now, not after every candidate
     rows: list[Measured] = []
     failures: list[str] = []

@@ -432,6 +432,49 @@ def test_tune_bad_input_is_one_error(model_path, tmp_path, monkeypatch):
         assert run.returncode == 1 and run.stderr.count("\n") == 1 and "as UTF-8 text" in run.stderr, run.stderr
 
 
+def test_quality_shows_a_chunk_bar_on_a_terminal_only(model, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import sys
+    import termios
+
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 2, encoding="utf-8")
+    command = [sys.executable, "-m", "edgesrm", "quality", str(model), "-r", str(model), "--data", str(text),
+               "--chunk", "64"]
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=child)
+    os.close(child)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(main)
+    assert "chunks" in shown.decode(errors="replace") and "100%" in shown.decode(errors="replace")
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "chunks" not in piped.stderr and "KL divergence" in piped.stdout
+
+
+def test_progress_bar_is_made_at_first_use_and_closed_at_its_total(capsys):
+    from edgesrm.cli.common import progress_bar
+
+    with progress_bar(3, "traces") as advance:  # cached work: never advanced, no bar at all
+        pass
+    with progress_bar(2, "traces") as advance:
+        advance()
+        advance()
+        advance()  # past the total (closed already): no error
+    assert capsys.readouterr().err == ""  # not a terminal: quiet
+
+
 def test_a_candidate_that_cannot_be_measured_is_skipped_not_fatal(tmp_path):
     # The probe runs in a child process; its failure is this candidate's, reported as a reason.
     from edgesrm.tune import _probe_in_child

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
@@ -83,3 +83,33 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def progress_bar(total: int | None, unit: str) -> Iterator[Callable[..., None]]:
+    """``advance(n=1, total=None)`` for long work: a tqdm bar on stderr, shown on a terminal only
+    (nothing when piped), made at the first call (so work that turns out cached shows none) and
+    closed when it reaches its total or the block ends. tqdm: the bar Python users know."""
+    import sys
+
+    from tqdm import tqdm
+
+    bar: tqdm | None = None
+    count = 0
+
+    def advance(n: int = 1, new_total: int | None = None) -> None:
+        nonlocal bar, count, total
+        total = new_total if new_total is not None else total
+        if bar is None:
+            bar = tqdm(total=total, unit=f" {unit}", disable=None, file=sys.stderr, dynamic_ncols=True)
+        bar.total = total
+        count += n
+        bar.update(n)
+        if total is not None and count >= total:
+            bar.close()
+
+    try:
+        yield advance
+    finally:
+        if bar is not None:
+            bar.close()

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .common import refuse_with_data, terminate_as_interrupt, threads_option
+from .common import progress_bar, refuse_with_data, terminate_as_interrupt, threads_option
 
 
 @click.command()
@@ -55,8 +55,11 @@ def quality(models: tuple[str, ...], reference: str, data: str | None, traces: i
             text = read_text_file(data)
         else:
             click.echo(f"text: the reference's reasoning on {traces} GSM8K test questions (generated once, cached)", err=True)
-            text = reasoning_text(reference, traces, threads=threads)
-        results = compare_many(models, reference, text, n_ctx=n_ctx, threads=threads, max_chunks=max_chunks)
+            with progress_bar(traces, "traces") as advance:
+                text = reasoning_text(reference, traces, threads=threads, on_trace=advance)
+        with progress_bar(None, "chunks") as advance:
+            results = compare_many(models, reference, text, n_ctx=n_ctx, threads=threads, max_chunks=max_chunks,
+                                   on_chunk=lambda done, total: advance(1, total))
         if gsm8k is not None:
             click.echo(f"GSM8K: answering {gsm8k} test questions with cot, reference first", err=True)
             ref_accuracy = gsm8k_accuracy(reference, gsm8k, max_tokens=max_tokens, threads=threads)

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..options import FiniteRange
-from .common import refuse_with_data, terminate_as_interrupt, threads_option
+from .common import progress_bar, refuse_with_data, terminate_as_interrupt, threads_option
 
 
 @click.command()
@@ -55,10 +55,12 @@ def tune(model: str, out: str, memory_mb: float, strategy: str, paths: int, name
     def say(message: str) -> None:
         click.echo(message, err=True)
 
-    with terminate_as_interrupt():  # kill: the candidates' directory and the measuring child go too
+    # kill: the candidates' directory and the measuring child go too; the bar counts the KL text's traces
+    with terminate_as_interrupt(), progress_bar(traces, "traces") as advance:
         rows, best = run(model, out, memory_mb=memory_mb, strategy=strategy, paths=paths,
                          names=[n.strip() for n in names.split(",") if n.strip()] if names else None,
-                         imatrix=imatrix, traces=traces, text=text, threads=threads, force=force, log=say)
+                         imatrix=imatrix, traces=traces, text=text, threads=threads, force=force, log=say,
+                         on_trace=advance)
     width = paths if strategy == "sc" else 1
     if as_json:
         click.echo(json.dumps({"rows": [r.to_dict() for r in rows], "recommended": best.name}))
