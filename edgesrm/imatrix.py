@@ -87,10 +87,10 @@ def _op_ids(ggml) -> tuple[int, int]:
 
 
 def weight_name(raw: bytes) -> str:
-    """A weight's name without a backend copy's decoration (``CUDA0#blk.0.attn_k.weight#0``)."""
+    """A weight's name without a backend copy's decoration (``CUDA0#blk.0.attn_k.weight#0``):
+    what follows the first ``#`` up to the next one, as llama.cpp's imatrix tool reads it."""
     name = raw.decode("utf-8", "replace")
-    parts = name.split("#")
-    return parts[1] if len(parts) >= 3 else name
+    return name.split("#")[1] if "#" in name else name
 
 
 @dataclass

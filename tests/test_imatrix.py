@@ -463,6 +463,15 @@ def test_quality_shows_a_chunk_bar_on_a_terminal_only(model, tmp_path):
     assert piped.returncode == 0 and "chunks" not in piped.stderr and "KL divergence" in piped.stdout
 
 
+@pytest.mark.parametrize("raw, name", [
+    (b"blk.0.attn_k.weight", "blk.0.attn_k.weight"),
+    (b"CUDA0#blk.0.attn_k.weight#0", "blk.0.attn_k.weight"),  # a backend's copy
+    (b"CPU#blk.1.ffn_up.weight", "blk.1.ffn_up.weight"),  # one '#': what follows it, as llama-imatrix reads it
+])
+def test_weight_names_as_llama_imatrix_reads_them(raw, name):
+    assert imx.weight_name(raw) == name
+
+
 def test_progress_bar_is_made_at_first_use_and_closed_at_its_total(capsys):
     from edgesrm.cli.common import progress_bar
 
