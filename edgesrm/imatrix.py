@@ -465,6 +465,12 @@ def make(model: str | Path, out: str | Path, *, traces: int = 32, data: str | Pa
             raise EdgesrmError(f"only {len(questions)} calibration questions are shipped: ask for at most that many traces")
         with Engine(model_path, EngineConfig(n_threads=threads, max_sequences=8)) as engine:
             rate = speed.profile(engine, 8).speed(8)
+        from .budget import ModelShape, estimate_memory
+
+        # Writing the traces (8 sequences and their KV cache) may peak above collecting the matrix.
+        writing = estimate_memory(ModelShape.of(model_path), n_ctx=8 * (max_tokens + 320), kv_type="f16", n_seqs=8,
+                                  n_batch=512)
+        memory_mb = max(memory_mb, writing.total_mb)
         minutes = traces * max_tokens * 0.7 / rate / 60
         chunks = max(1, round(traces * max_tokens * 0.9 / n_ctx))
         log(f"calibration text: {model_path.name}'s reasoning on {traces} GSM8K train question{'s' * (traces > 1)}, "

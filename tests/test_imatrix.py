@@ -337,6 +337,19 @@ def test_quality_of_a_model_against_itself_is_zero(model):
     assert q.kl_mean < 1e-6 and q.top1 == 1.0 and q.ppl == pytest.approx(q.ppl_reference)
 
 
+def test_cli_imatrix_on_the_models_own_reasoning_traces(model_path, tmp_path):
+    """The default calibration text: the model's cot on shipped GSM8K train questions, with the
+    plan (time and memory estimate) said first and the traces named in the file's datasets."""
+    out = tmp_path / "traces.imatrix.gguf"
+    run = edgesrm_cli("imatrix", str(model_path), "-o", str(out), "--traces", "2", "--max-tokens", "48",
+                      "--chunk", "64", env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr
+    plan = next(line for line in run.stderr.splitlines() if line.startswith("calibration text:"))
+    assert "reasoning on 2 GSM8K train questions" in plan and "tokens/s" in plan and "peak memory about" in plan
+    im = imx.read(out)
+    assert im.chunks >= 1 and im.sums and "GSM8K train rows 100-101" in im.datasets[0]
+
+
 def test_cli_imatrix_then_quantize_then_quality(model, tmp_path):
     text = tmp_path / "calib.txt"
     text.write_text(TEXT, encoding="utf-8")
