@@ -379,19 +379,29 @@ def reasoning_traces(runtime, questions: list[str], *, max_tokens: int = 384, se
                      on_trace: Callable[[], None] | None = None) -> list[str]:
     """The model's own chains of thought (``cot``, its default sampling) on ``questions``: each the
     question as the chat template renders it followed by the reply. ``parallel`` questions are
-    decoded together in one batch (the runtime's scheduler); ``on_trace()`` after each one."""
-    from concurrent.futures import ThreadPoolExecutor
+    decoded together in one batch (the runtime's scheduler); ``on_trace()`` after each one. An
+    error in one trace, or Ctrl-C, stops the traces being decoded at their next step."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     runtime.start_scheduler()
+    cancel = threading.Event()  # set on Ctrl-C or an error: the answers being decoded stop too
 
     def one(i: int) -> str:
-        result = runtime.ask(questions[i], strategy="cot", max_tokens=max_tokens, seed=seed + i)
+        result = runtime.ask(questions[i], strategy="cot", max_tokens=max_tokens, seed=seed + i, cancel=cancel)
         if on_trace is not None:
             on_trace()
         return runtime.chat.reasoning_prompt(questions[i], None).text + result.text
 
-    with ThreadPoolExecutor(max(1, parallel)) as pool:
-        return list(pool.map(one, range(len(questions))))
+    pool = ThreadPoolExecutor(max(1, parallel))
+    try:
+        futures = [pool.submit(one, i) for i in range(len(questions))]
+        for future in as_completed(futures):  # the first error (or Ctrl-C here) stops the rest
+            future.result()
+        return [future.result() for future in futures]
+    finally:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def reasoning_traces_for(model_path: Path, questions: list[str], *, max_tokens: int = 384, threads: int | None = None,

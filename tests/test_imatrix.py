@@ -350,6 +350,23 @@ def test_cli_imatrix_on_the_models_own_reasoning_traces(model_path, tmp_path):
     assert im.chunks >= 1 and im.sums and "GSM8K train rows 100-101" in im.datasets[0]
 
 
+def test_an_error_in_one_trace_stops_the_others(model_path):
+    """The traces decode 8 at a time; when one fails (or Ctrl-C arrives) the rest are cancelled at
+    their next step instead of running to their end."""
+    from edgesrm.runtime import load
+
+    calls = []
+
+    def on_trace() -> None:
+        calls.append(1)
+        raise RuntimeError("the first trace's consumer failed")
+
+    with load(model_path, n_ctx=8 * (384 + 320), max_sequences=8) as runtime:
+        with pytest.raises(RuntimeError, match="consumer failed"):
+            imx.reasoning_traces(runtime, imx.train_questions(8), max_tokens=384, on_trace=on_trace)
+    assert len(calls) <= 3  # 8 without cancelling (every trace ran to its end)
+
+
 def test_cli_imatrix_then_quantize_then_quality(model, tmp_path):
     text = tmp_path / "calib.txt"
     text.write_text(TEXT, encoding="utf-8")
