@@ -152,6 +152,37 @@ def edgesrm_cli(*args: str, env: dict | None = None, timeout: float = 600) -> su
                           timeout=timeout, env=env)
 
 
+def run_on_a_terminal(command: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str]:
+    """Run ``command`` with stdin, stdout and stderr on a pseudo-terminal 100 columns wide (where
+    progress bars show): its exit status and everything it wrote there."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen(command, stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    shown = b""
+    while True:
+        ready, _, _ = select.select([main], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            shown += data
+        elif proc.poll() is not None:
+            break
+    os.close(main)
+    return proc.wait(timeout=timeout), shown.decode("utf-8", "replace")
+
+
 def hf_greedy(model, tokens: list[int], n: int, eos: int | None = None) -> tuple[list[int], list[float]]:
     """Transformers' greedy continuation, and the top-2 log-prob margin at each step."""
     import torch

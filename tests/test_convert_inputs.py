@@ -6,23 +6,18 @@ is a copy of a tiny good one, damaged in one way.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from convert_support import checkpoints, edgesrm_cli, gguf_fields
+from convert_support import checkpoints, edgesrm_cli, gguf_fields, run_on_a_terminal
 
 from edgesrm.convert import convert, quantize
 from edgesrm.errors import EdgesrmError
@@ -300,23 +295,8 @@ def test_bad_options_are_one_error(good, tmp_path):
 def test_progress_bar_counts_tensors_and_bytes(good, tmp_path):
     """On a terminal the bar shows ``tensor i/N`` and bytes written; elsewhere it stays quiet."""
     out = tmp_path / "model.gguf"
-    main, child = pty.openpty()
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
-    proc = subprocess.Popen([sys.executable, "-m", "edgesrm", "convert", str(good), "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=child)
-    os.close(child)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    assert proc.wait(timeout=120) == 0
-    os.close(main)
-    text = shown.decode(errors="replace")
+    status, text = run_on_a_terminal([sys.executable, "-m", "edgesrm", "convert", str(good), "-o", str(out)])
+    assert status == 0
     from gguf import GGUFReader
 
     n = len(GGUFReader(out).tensors)

@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 import pytest
 
-from convert_support import edgesrm_cli
+from convert_support import edgesrm_cli, run_on_a_terminal
 from edgesrm import imatrix as imx
 from edgesrm.convert import quantize
 from edgesrm.errors import EdgesrmError
@@ -463,32 +463,14 @@ def test_tune_bad_input_is_one_error(model_path, tmp_path, monkeypatch):
 
 
 def test_quality_shows_a_chunk_bar_on_a_terminal_only(model, tmp_path):
-    import fcntl
-    import pty
-    import struct
     import sys
-    import termios
 
     text = tmp_path / "t.txt"
     text.write_text(TEXT * 2, encoding="utf-8")
     command = [sys.executable, "-m", "edgesrm", "quality", str(model), "-r", str(model), "--data", str(text),
                "--chunk", "64"]
-    main, child = pty.openpty()
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=child)
-    os.close(child)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    assert proc.wait(timeout=120) == 0
-    os.close(main)
-    assert "chunks" in shown.decode(errors="replace") and "100%" in shown.decode(errors="replace")
+    status, shown = run_on_a_terminal(command)
+    assert status == 0 and "chunks" in shown and "100%" in shown
     piped = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0 and "chunks" not in piped.stderr and "KL divergence" in piped.stdout
 

@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from convert_support import run_on_a_terminal
 from hub_standin import hub  # noqa: F401 - the fixture
 
 from edgesrm.cli import cli
@@ -484,40 +485,11 @@ def test_a_file_in_the_way_of_a_store_name(env, tmp_path, monkeypatch, model_pat
     assert run("info", "smol").exit_code == 0  # the store's model, not the text file
 
 
-def _run_in_terminal(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run ``cmd`` with stdout and stderr on a pseudo-terminal of 100 columns; its output."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty has 0 columns
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env)
-    os.close(slave)
-    out = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not data:
-                break
-            out += data
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    return proc.wait(timeout=60), out.decode("utf-8", "replace")
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 def test_a_progress_bar_on_a_terminal_and_quiet_otherwise(env, hub, model_path):  # noqa: F811
     hub.add_repo("org/Smol-GGUF", {"Smol-Q4_1.gguf": model_path})
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code, shown = _run_in_terminal([sys.executable, "-m", "edgesrm", "pull", "org/Smol-GGUF"], environ)
+    code, shown = run_on_a_terminal([sys.executable, "-m", "edgesrm", "pull", "org/Smol-GGUF"], environ)
     assert code == 0, shown
     assert re.search(r"100%\|.*\| 98\.4M/98\.4M \[.*B/s\]", shown), shown[-500:]  # bytes and rate
     fresh = {**environ, "EDGESRM_HOME": str(env / "store2"), "HF_HUB_CACHE": str(env / "hf2")}  # downloads again
