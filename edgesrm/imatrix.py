@@ -25,7 +25,8 @@ import ctypes
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -413,6 +414,27 @@ def reasoning_traces_for(model_path: Path, questions: list[str], *, max_tokens: 
         return reasoning_traces(runtime, questions, max_tokens=max_tokens, on_trace=on_trace)
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[list[int]]:
+    """While the eval callback runs inside llama.cpp, a KeyboardInterrupt raised there is lost
+    (ctypes prints it and returns). SIGINT and SIGTERM are recorded instead (the list gets the
+    signal number) and acted on between chunks; the previous handlers come back afterwards."""
+    import signal
+    import threading
+
+    signalled: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield signalled
+        return
+    previous = {sig: signal.signal(sig, lambda number, _frame: signalled.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield signalled
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def collect(model_path: Path, texts: Iterable[str], *, datasets: list[str], n_ctx: int = CHUNK,
             threads: int | None = None, process_output: bool = False,
             on_chunk: Callable[[int, int], None] | None = None) -> Imatrix:
@@ -428,12 +450,15 @@ def collect(model_path: Path, texts: Iterable[str], *, datasets: list[str], n_ct
         if not chunks:
             raise EdgesrmError(f"the calibration text is {len(tokens)} tokens, shorter than one chunk of "
                                f"{scorer.n_ctx}: give more text (or more traces)")
-        for done, chunk in enumerate(chunks, 1):
-            scorer.decode(chunk)
-            collector.check()
-            collector.imatrix.chunks = done
-            if on_chunk is not None:
-                on_chunk(done, len(chunks))
+        with _signals_deferred() as signalled:
+            for done, chunk in enumerate(chunks, 1):
+                scorer.decode(chunk)
+                collector.check()
+                if signalled:
+                    raise KeyboardInterrupt  # Ctrl-C or kill: at a chunk's end, never inside the callback
+                collector.imatrix.chunks = done
+                if on_chunk is not None:
+                    on_chunk(done, len(chunks))
     im = collector.imatrix
     im.chunk_size, im.datasets = scorer.n_ctx, list(datasets)
     return im

@@ -99,7 +99,8 @@ def check_text(reference: str | Path, text: str, *, n_ctx: int = CHUNK, threads:
         tokens = ref.tokenize(text)
         chunks = sum(1 for _ in ref.chunks(tokens))
     if not chunks:
-        raise EdgesrmError(f"the text is {len(tokens)} tokens, shorter than one chunk of {n_ctx}")
+        raise EdgesrmError(f"the text is {len(tokens)} tokens, shorter than one chunk of {n_ctx} "
+                           "(give more traces or a longer text)")
     return chunks
 
 

@@ -138,8 +138,8 @@ def quantize(
             metadata["quantize.imatrix.dataset"] = str(im.datasets[0])
     overrides = []
     if tensor_types:
-        if quant.upper() in ("F32", "F16", "BF16"):  # llama.cpp applies overrides only to a quantized file type
-            raise EdgesrmError(f"tensor type overrides need a quantized type (e.g. Q4_K_M), not {quant.upper()}")
+        if str(quant).strip().upper() in ("F32", "F16", "BF16"):  # llama.cpp applies overrides to quantized types only
+            raise EdgesrmError(f"tensor type overrides need a quantized type (e.g. Q4_K_M), not {quant.strip().upper()}")
         # Only the weights llama.cpp quantizes: 2-D and larger, named *weight, not norms or expert gates.
         names = [t.name for t in read_header(src_path).tensors if len(t.shape) >= 2 and t.name.endswith("weight")
                  and "_norm.weight" not in t.name and "ffn_gate_inp.weight" not in t.name]
