@@ -103,7 +103,10 @@ def probe(path: str, paths: int, threads: int | None) -> dict:
 def _probe_in_child(path: Path, paths: int, threads: int | None) -> dict:
     code = (f"import json; from edgesrm.tune import probe; "
             f"print(json.dumps(probe({str(path)!r}, {paths}, {threads!r})))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # -P (Python 3.11+): the current directory is not put on the import path, so a json.py there
+    # cannot shadow the standard library in the child.
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    run = subprocess.run([sys.executable, *safe_path, "-c", code], capture_output=True, text=True)
     if run.returncode < 0 or "MemoryError" in run.stderr:  # killed (the OOM killer): it does not fit
         return {"speeds": {}, "peak_rss_mb": float("nan"), "killed": f"signal {-run.returncode}"
                 if run.returncode < 0 else "out of memory"}
@@ -222,12 +225,16 @@ def tune(model: str | Path, out: str | Path, *, memory_mb: float, strategy: str 
                                  {int(w): s for w, s in probed["speeds"].items()}, float("nan"), float("nan"),
                                  float("nan"), fits=probed["peak_rss_mb"] <= memory_mb))
         if not rows:
-            raise EdgesrmError(f"no candidate could be made ({failures[0]})" if failures else "no candidates")
+            raise EdgesrmError(f"no candidate could be made and measured ({failures[0]})" if failures
+                               else "no candidates")
         measured = [r for r in rows if r.speeds]
         if not any(r.fits for r in measured):  # before the KL pass, which would be wasted
-            smallest = min((r.peak_rss_mb for r in rows), default=float("nan"))
-            raise EdgesrmError(f"no candidate fits {memory_mb:,.0f} MiB: the smallest peaked at {smallest:,.0f} MiB "
-                               f"with {paths} sequences (try fewer --paths or a smaller model)")
+            peaks = [r.peak_rss_mb for r in measured if math.isfinite(r.peak_rss_mb)]
+            smallest = min(peaks or [r.peak_rss_mb for r in rows])
+            how = "peaked at" if peaks else "was estimated at"  # far over the budget: not run at all
+            hint = "fewer --paths or a smaller model" if paths > 1 else "a smaller model or a larger --memory"
+            raise EdgesrmError(f"no candidate fits {memory_mb:,.0f} MiB: the smallest {how} {smallest:,.0f} MiB "
+                               f"with {paths} sequence{'s' * (paths > 1)} (try {hint})")
         log(f"KL against {src.name} ({len(measured)} candidates; the source decodes the text once)")
         for row, quality in zip(measured, compare_many([r.path for r in measured], src, text, threads=threads,
                                                        max_chunks=8)):

@@ -291,6 +291,7 @@ def test_tensor_type_overrides(model, tmp_path):
     # Norms exist in the model but llama.cpp never quantizes them: the override would do nothing.
     ("attn_norm=q4_k", "matches no weight that llama.cpp quantizes"),
     ("(unclosed=q4_k", "not a valid regular expression"),
+    ("ffn_down=iq2_xxs", "needs an importance matrix"),  # not llama.cpp's multi-line banner
     # Valid for Python's re, not for llama.cpp's std::regex (ECMAScript has no lookbehind): llama.cpp's error.
     (r"(?<=blk\.0\.)ffn_down=q8_0", "could not quantize"),
 ])

@@ -143,7 +143,7 @@ def quantize(
         # Only the weights llama.cpp quantizes: 2-D and larger, named *weight, not norms or expert gates.
         names = [t.name for t in read_header(src_path).tensors if len(t.shape) >= 2 and t.name.endswith("weight")
                  and "_norm.weight" not in t.name and "ffn_gate_inp.weight" not in t.name]
-        overrides = tensor_overrides(list(tensor_types), names)
+        overrides = tensor_overrides(list(tensor_types), names, imatrix=imatrix is not None)
     with atomic_output(out, force=force, need_bytes=src_path.stat().st_size) as tmp:
         quantize_file(src_path, tmp, quant, threads=threads, allow_requantize=allow_requantize, imatrix=means,
                       overrides=overrides, metadata=metadata)

@@ -66,10 +66,15 @@ def ggml_types() -> dict[str, int]:
     return names
 
 
-def tensor_overrides(specs: list[str], tensor_names: list[str]) -> list[tuple[str, int]]:
+# Tensor types llama.cpp refuses to write without an importance matrix (tensor_requires_imatrix).
+TENSOR_TYPES_NEEDING_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs")
+
+
+def tensor_overrides(specs: list[str], tensor_names: list[str], *, imatrix: bool = False) -> list[tuple[str, int]]:
     """``PATTERN=TYPE`` strings as (pattern, ggml type id). Each pattern is a regular expression
     searched in tensor names (which are lower case) and must match at least one
-    of ``tensor_names`` (the weights llama.cpp quantizes); TYPE is a ggml type name (``q4_k``, ``q6_k``, ``q8_0``, ``f16``...).
+    of ``tensor_names`` (the weights llama.cpp quantizes); the types in
+    ``TENSOR_TYPES_NEEDING_IMATRIX`` only with ``imatrix``; TYPE is a ggml type name (``q4_k``, ``q6_k``, ``q8_0``, ``f16``...).
     Python's ``re`` checks the pattern here; llama.cpp then uses it as a C++ ``std::regex``
     (ECMAScript), which refuses Python-only syntax such as lookbehind with one error (no crash)."""
     types = ggml_types()
@@ -83,6 +88,9 @@ def tensor_overrides(specs: list[str], tensor_names: list[str]) -> list[tuple[st
             raise EdgesrmError(f"a tensor type override is PATTERN=TYPE (e.g. ffn_down=q4_k), got {spec!r}")
         if type_name not in types:
             raise EdgesrmError(f"unknown tensor type {type_name!r} in {spec!r}; choose one of {', '.join(types)}")
+        if type_name in TENSOR_TYPES_NEEDING_IMATRIX and not imatrix:
+            raise EdgesrmError(f"{type_name} in {spec!r} needs an importance matrix: pass --imatrix FILE "
+                               "(make one with edgesrm imatrix)")
         try:
             regex = re.compile(pattern)
         except re.error as exc:
