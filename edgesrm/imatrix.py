@@ -444,21 +444,25 @@ def collect(model_path: Path, texts: Iterable[str], *, datasets: list[str], n_ct
     from .engine.scoring import Scorer
 
     collector = Collector(process_output=process_output)
-    with Scorer(model_path, n_ctx=n_ctx, threads=threads, eval_callback=collector) as scorer:
+    # Deferred from before the model loads: llama.cpp's log callback runs during the load, and an
+    # interrupt raised inside any ctypes callback is lost.
+    with _signals_deferred() as signalled, \
+            Scorer(model_path, n_ctx=n_ctx, threads=threads, eval_callback=collector) as scorer:
         tokens = scorer.tokenize("\n\n".join(texts))
         chunks = list(scorer.chunks(tokens))
         if not chunks:
             raise EdgesrmError(f"the calibration text is {len(tokens)} tokens, shorter than one chunk of "
                                f"{scorer.n_ctx}: give more text (or more traces)")
-        with _signals_deferred() as signalled:
-            for done, chunk in enumerate(chunks, 1):
-                scorer.decode(chunk)
-                collector.check()
-                if signalled:
-                    raise KeyboardInterrupt  # Ctrl-C or kill: at a chunk's end, never inside the callback
-                collector.imatrix.chunks = done
-                if on_chunk is not None:
-                    on_chunk(done, len(chunks))
+        for done, chunk in enumerate(chunks, 1):
+            if signalled:
+                raise KeyboardInterrupt  # Ctrl-C or kill: between chunks, never inside a callback
+            scorer.decode(chunk)
+            collector.check()
+            collector.imatrix.chunks = done
+            if on_chunk is not None:
+                on_chunk(done, len(chunks))
+        if signalled:
+            raise KeyboardInterrupt
     im = collector.imatrix
     im.chunk_size, im.datasets = scorer.n_ctx, list(datasets)
     return im
