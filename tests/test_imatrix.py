@@ -384,10 +384,13 @@ def test_ctrl_c_while_collecting_stops_and_writes_nothing(model_path, tmp_path):
     out = tmp_path / "m.imatrix.gguf"
     proc = subprocess.Popen([sys.executable, "-m", "edgesrm", "imatrix", str(model_path), "-o", str(out), "--data",
                              str(text)], stderr=subprocess.PIPE, text=True)
-    assert proc.stderr.readline().startswith("calibration text:")  # the plan: collection starts now
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        assert proc.stderr.readline().startswith("calibration text:")  # the plan: collection starts now
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a lost interrupt must not leave the run decoding beside the other tests
     assert proc.returncode != 0 and "interrupted" in err and "Exception ignored" not in err, err
     assert not out.exists() and not list(tmp_path.glob(".m.imatrix.gguf*"))
 
