@@ -9,7 +9,8 @@ per path (``--max-tokens``, 384):
   (``edgesrm.chat.STEP_BY_STEP_SYSTEM``) sent by the client, then a client-side majority vote
   (``collections.Counter``) over ``normalize(extract_answer(content))`` of the 8 choices.
   llama-server is built from the llama.cpp source llama-cpp-python vendors (scripts/build_peer.sh)
-  and runs as in benchmarks/serve.py: ``-np 8 -kvu -c 8192 -t 2 -tb 2 -b 512 -ub 512 --no-repack``.
+  and runs as in benchmarks/serve.py: ``-np 8 -kvu -c 8192 -t 2 -tb 2 -b 512 -ub 512`` (and
+  ``--no-repack`` where edgesrm itself does without the repacked layouts, on a CPU with AMX).
 - ``sc``: edgesrm in this process, ``Runtime.ask(question, strategy="sc", n=8, early_stop=True)``
   (edgesrm's default: the vote stops once decided; edgesrm adds the same system prompt itself).
 - ``sc-no-early``: the same with ``early_stop=False`` (every path runs to its end).

@@ -2,8 +2,9 @@
 
 Both servers run the same model, threads, context (``--ctx``, one KV pool shared by all
 sequences: llama-server gets ``-kvu``) and parallel slots, the same batch (512) and llama.cpp
-source (scripts/build_peer.sh; llama-server runs with ``--no-repack`` because edgesrm loads
-weights without the extra buffer types on this AMX CPU). Only one server runs at a time: each is
+source (scripts/build_peer.sh). Where edgesrm loads weights without the extra buffer types (a
+CPU with AMX: ``edgesrm.engine.backend.use_extra_buffer_types``), llama-server runs with
+``--no-repack`` so that both sides use the same kernels. Only one server runs at a time: each is
 started, measured and stopped before the next starts (2 cores). Clients are threads speaking
 HTTP/1.1 with the standard library (light on the CPU the servers share); a stream's time to first
 token (TTFT) runs from sending the request to the first chunk with non-empty ``content`` or
@@ -77,6 +78,7 @@ import psutil
 
 from edgesrm.answers import answers_match, extract_answer, normalize
 from edgesrm.chat import STEP_BY_STEP_SYSTEM
+from edgesrm.engine.backend import use_extra_buffer_types
 from edgesrm.eval import Item, find_dataset, load_items
 from edgesrm.models import model_store
 
@@ -145,7 +147,7 @@ def server_command(name: str, port: int, args: argparse.Namespace) -> tuple[list
     if name == LLAMA:
         cmd = [str(args.peer), "-m", str(args.model), "--host", HOST, "--port", str(port), "-np", str(args.parallel),
                "-c", str(args.ctx), "-t", str(args.threads), "-tb", str(args.threads), "-kvu", "-b", "512",
-               "-ub", "512", "--no-repack", "--no-webui", "--fit", "off"]
+               "-ub", "512", *([] if use_extra_buffer_types() else ["--no-repack"]), "--no-webui", "--fit", "off"]
         return cmd, env
     env["EDGESRM_CACHE_PROMPT"] = "0" if name == NO_REUSE else "1"
     cmd = [sys.executable, "-m", "edgesrm", "serve", "-m", str(args.model), "--host", HOST, "--port", str(port),
