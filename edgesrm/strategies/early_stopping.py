@@ -204,8 +204,8 @@ def launches(n: int, confidence: float) -> list[Launch]:
     ``n``, with and without refill, and with and without launching the rest on the first dissent
     (from waves to all at once)."""
     first = min(first_paths(n, confidence), n)
-    return [Launch(w, refill, burst) for w in range(first, n + 1) for refill in (False, True)
-            for burst in (False, True) if w < n or not (refill or burst)]
+    return [Launch(w, refill, on_dissent) for w in range(first, n + 1) for refill in (False, True)
+            for on_dissent in (False, True) if w < n or not (refill or on_dissent)]
 
 
 def choose_launch(profile: SpeedProfile, n: int, confidence: float, *, fewest_tokens: bool = False) -> Launch:

@@ -7,7 +7,8 @@ Adaptive-Consistency's rule, and the paths still running are dropped in the same
 paths run at once (the *width*) is chosen per model and machine from the measured batch-speed
 profile to minimise the expected wall time: all ``n`` at once when a wider batch costs little
 more per step, waves (the fewest paths whose agreement would end the vote, more on dissent) when
-it does not, or a first wave and all the rest at the first dissent. A path's answer counts as soon as its answer line is written: the path ends there.
+it does not, or a first wave and all the rest at the first dissent. A path's answer counts as
+soon as its answer line is written: the path ends there.
 
 Confidence weighting (DeepConf, Fu et al., "Deep Think with Confidence", 2025): each path's vote
 is weighted by its confidence (the exponential of its mean token log-probability), and, with
