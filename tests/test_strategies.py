@@ -15,6 +15,7 @@ from edgesrm.errors import EdgesrmError
 from edgesrm.runtime import Runtime, load
 from edgesrm import speed
 from edgesrm.strategies import STRATEGIES, Task, auto, run_strategy
+from edgesrm.strategies.base import PathRunner, answer_line
 from edgesrm.strategies.self_consistency import (
     first_paths, lead_probability, lowest_group_confidence, paths_needed, vote_decided,
 )
@@ -72,6 +73,63 @@ def test_cot_answers_on_its_final_answer_line(replay, question, seed):
     assert [k for k, _ in streamed][-1] == "answer"
     assert "".join(t for k, t in streamed if k == "answer").strip() == result.answer
     assert result.forced_tokens > 0  # the marker the model wrote was cut, then forced back
+
+
+# What the 1.5B evaluation model wrote after its answer marker on GSM8K (benchmarks/sc_vs_llama_server.py):
+# it often writes the marker as a heading, "4. **Final answer:**", closes the bold on that line and
+# answers below it. Its paths had ended at the "**" line, read their answer from the reasoning's last
+# number ("4" from "4.") or from "our answer is accurate", and lost votes llama-server's paths won.
+@pytest.mark.parametrize("written, line, ended", [
+    ("**\n\\[\n\\boxed{3}\n\\]\n", "\\boxed{3}", True),
+    ("**\n\n", "", False),
+    ("**\n\\[ \\boxed{57500} \\]", "\\[ \\boxed{57500} \\]", False),
+    (" 57500\n", "57500", True),
+    (" Jill's annual salary is \\(\\boxed{1150}\\).\n", "Jill's annual salary is \\(\\boxed{1150}\\).", True),
+    (" **Final Answer:** 3\n", "3", True),  # the marker repeated
+    ("\n**Final Answer:**\n22\n", "22", True),
+])
+def test_the_answer_line_is_the_first_line_that_says_something(written, line, ended):
+    assert answer_line(written) == (line, ended)
+
+
+def test_a_marker_written_as_a_heading_waits_for_the_answer_below_it(rt):
+    t = task(rt, SHEEP)
+    gen = t.start(t.prompt())
+    runner = PathRunner(t, gen)
+    seq = runner.add(t.sampling, 200)
+    runner.force(seq, "17 + 5 = 22 sheep.\n\n4. **State the")
+    runner.start_answer(seq)  # the marker, as when the model writes "final answer:"
+    for written, ended in (("**\n", False), ("\\[\n", False), ("\\boxed{22}", False), ("\n", True)):
+        runner.force(seq, written)
+        assert runner._answer_line_done(seq) is ended, written
+    runner.run()
+    path = runner.result(seq)
+    assert path.finish_reason == "answered" and path.answer_complete
+    assert (path.answer_text, path.answer) == ("\\boxed{22}", "22")
+
+
+def test_at_its_token_cap_a_path_ends_its_line_before_the_marker_is_forced(rt):
+    # The evaluation model's paths were forced to answer mid-line, "= 575" of 57500, and answered 575.
+    t = task(rt, ESSAY)
+    gen = t.start(t.prompt())
+    runner = PathRunner(t, gen)
+    seq = runner.add(t.sampling, 100)
+    budget = runner.think_budget(seq)
+    grace = (runner.answer_reserve(100) - runner.cue_tokens) // 2
+    assert budget + grace + runner.cue_tokens < 100 and grace >= 8
+    while runner.spent(seq) < budget:
+        runner.force(seq, " the annual salary is 575")
+    assert not seq.text.endswith("\n") and runner.ends_its_line_first(seq)
+    runner.force(seq, "00 dollars\n")
+    assert not runner.ends_its_line_first(seq)  # the line has ended: the marker goes in now
+    runner.force(seq, " and")
+    while runner.spent(seq) < budget + grace:
+        assert runner.ends_its_line_first(seq)
+        runner.force(seq, " more")
+    assert not runner.ends_its_line_first(seq)  # half the answer's tokens spent: no longer
+    runner.run()
+    path = runner.result(seq)
+    assert path.reasoning_ended == "tokens" and path.tokens + path.forced_tokens <= 100
 
 
 def test_direct_answers_without_reasoning(rt):

@@ -13,7 +13,9 @@ The rules, kept here for every strategy (``PathRunner``):
   into it (markers, cues, "Wait"); it never exceeds the path's cap: ``max_tokens``, or its
   share of the token budget (``budget.max_tokens // n``), whichever is less. So all paths
   together never exceed the token budget. A path's reasoning ends early enough to leave its
-  answer (the marker and ``answer_tokens``, at most half the cap) inside the cap; text a
+  answer (the marker and ``answer_tokens``, at most half the cap) inside the cap; a model
+  without thinking may first end the line it is writing, with up to half the answer's tokens
+  (``ends_its_line_first``), so that the marker does not cut a number in two; text a
   strategy would force but that does not fit is not forced (the phase is given up, and said
   in ``Result.notes``).
 - **Deadline.** A path still reasoning is made to answer once the time left covers only the
@@ -54,6 +56,29 @@ BY_DEADLINE = "deadline"  # the time left was only enough for the answer
 
 # How models without a thinking mode mark their answer (the pause strings).
 FINAL_ANSWER_MARKERS = ("Final answer:", "Final Answer:", "final answer:", "FINAL ANSWER:")
+# Characters that dress an answer line up without saying anything: markdown bold, headings.
+ANSWER_MARKUP = " \t*#_"
+
+
+def answer_line(text: str) -> tuple[str, bool]:
+    """The answer line in ``text``, what a model without thinking wrote after its answer marker,
+    and whether that line has ended (a newline follows it).
+
+    The answer line is the first line that says something: lines with no letter or digit are
+    skipped, as is a repeated marker. A model that writes its marker as a heading
+    (``4. **Final answer:**``) closes the bold (``**``) and puts its answer on a later line,
+    often inside a display formula (``\\[`` ... ``\\boxed{3}`` ... ``\\]``). Returns ``("", False)``
+    while no such line has started."""
+    lines = text.split("\n")
+    for k, line in enumerate(lines):
+        content = line.strip(ANSWER_MARKUP)
+        for marker in FINAL_ANSWER_MARKERS:  # a model that repeats the marker
+            content = content.removeprefix(marker).strip(ANSWER_MARKUP)
+        if any(c.isalnum() for c in content):
+            return content, k < len(lines) - 1
+    return "", False
+
+
 # Tokens a path may spend on its answer once reasoning is over.
 ANSWER_TOKENS = 32
 THINKING_ANSWER_TOKENS = 192
@@ -291,6 +316,22 @@ class PathRunner:
         most = cap - self.answer_reserve(cap) if cap > self.cue_tokens else cap
         self._think_budget[seq.index] = min(tokens, most)
 
+    def ends_its_line_first(self, seq: Sequence) -> bool:
+        """Whether ``seq``, whose reasoning has reached its token budget, may go on to the end of
+        the line it is writing before its answer marker is forced.
+
+        A model without thinking writes its answer right after the marker, so a marker forced
+        mid-line cuts what the line was saying, often a number half written ("= 575" of 57500),
+        and the answer copies it. The line may take up to half the tokens kept for the answer
+        (16 of 32 at the default cap); the answer keeps the rest, inside the path's cap.
+        Thinking models are cut where they are: their answer is written after ``</think>``
+        with tokens of its own, and a thinking budget the user set is kept to the token."""
+        if self.thinking or seq.text.endswith("\n"):
+            return False
+        cap = self._cap[seq.index]
+        grace = (self.answer_reserve(cap) - self.cue_tokens) // 2
+        return self.spent(seq) < self.think_budget(seq) + grace
+
     def force(self, seq: Sequence, text: str) -> bool:
         """Force ``text`` into ``seq`` if it fits in the path's cap with one more token after it;
         whether it was forced."""
@@ -381,7 +422,8 @@ class PathRunner:
                     self.on_pause(seq) if seq.index in self.reasoning else self.on_answered(seq)
             for seq in gen.active:
                 if seq.index in self.reasoning and self.spent(seq) >= self.think_budget(seq):
-                    self.start_answer(seq, forced=True, by=BY_TOKENS)
+                    if not self.ends_its_line_first(seq):
+                        self.start_answer(seq, forced=True, by=BY_TOKENS)
                 elif seq.index in self._answer_start and self._answer_line_done(seq):
                     self.on_answered(seq)
             if on_update is not None and on_update():
@@ -410,8 +452,7 @@ class PathRunner:
         """Models without thinking answer on one line: end the path once that line is written."""
         if self.whole_reply:
             return False
-        answer = seq.text[self._answer_start[seq.index] :].lstrip()
-        return "\n" in answer
+        return answer_line(seq.text[self._answer_start[seq.index] :])[1]
 
     def _answer_complete(self, seq: Sequence) -> bool:
         i = seq.index
@@ -427,9 +468,7 @@ class PathRunner:
         """What ``seq`` concluded: its answer split from its reasoning, extracted and normalised."""
         start = self._answer_start.get(seq.index)
         if start is not None:
-            answer_text = seq.text[start:].strip().splitlines()[0].strip(" *") if seq.text[start:].strip() else ""
-            for marker in FINAL_ANSWER_MARKERS:  # a model that repeats the forced marker
-                answer_text = answer_text.removeprefix(marker).strip(" *")
+            answer_text = answer_line(seq.text[start:])[0]
             reasoning = seq.text[: self._reasoning_end[seq.index]]
             if self.whole_reply:
                 answer_text = seq.text[start:].strip()
