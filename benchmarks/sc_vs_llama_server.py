@@ -41,8 +41,10 @@ tokens, paths (launched), per path [answer, tokens, finish_reason] (edgesrm rows
 the path voted), the load average before the question; edgesrm rows also ``early_stopped``,
 ``forced_tokens``, the result's ``notes`` (which say when the paths had to run in turns),
 ``batch_widths`` (decode steps per number of paths in the batch) and the ``launch`` policy sc ran.
-Lines with ``run`` record each run's settings and the machine's load average at its start and
-end; ``profile`` lines the speed profile edgesrm measured and the policy it gives.
+With ``--texts FILE``, each row's path texts (in ``per_path``'s order) go to FILE, keyed the same
+way, for reading what the paths wrote. Lines with ``run`` record each run's settings and the
+machine's load average at its start and end; ``profile`` lines the speed profile edgesrm
+measured and the policy it gives.
 
 The summary also splits sc by launch policy where a quantization's rows ran several (the policy
 changed between runs), and replays every policy sc considers on the ``sc-no-early`` arm's own
@@ -223,6 +225,7 @@ def llama_server_arm(server: Server, item: Item, args: argparse.Namespace) -> di
         paths[0][1] = reply.completion_tokens  # the first choice's usage is exact
     votes = Counter(p[0] for p in paths if p[0] is not None)
     return {"answer": votes.most_common(1)[0][0] if votes else None, "seconds": reply.seconds,
+            "texts": [choice["message"].get("content") or "" for choice in choices],
             "tokens": sum(p[1] for p in paths), "paths": len(paths), "per_path": paths, "votes": dict(votes),
             "prompt_tokens": reply.prompt_tokens, "choice0_tokens": [reply.completion_tokens, recounted]}
 
@@ -246,6 +249,7 @@ def edgesrm_arm(runtime: Runtime, item: Item, early_stop: bool, args: argparse.N
                          seed=args.seed + item.id, early_stop=early_stop, **SAMPLING)
     seconds = time.perf_counter() - started
     return {"answer": result.extracted, "seconds": seconds, "tokens": result.completion_tokens,
+            "texts": [p.text for p in result.paths],
             "paths": len(result.paths),
             "per_path": [[p.answer, p.tokens, p.finish_reason, p.vote > 0] for p in result.paths],
             "votes": dict(result.votes), "early_stopped": result.early_stopped, "forced_tokens": result.forced_tokens,
@@ -296,11 +300,14 @@ def run_quant(quant: str, model: Path, items: list[Item], arms: list[str], done:
             for arm in todo:
                 load_before = os.getloadavg()[0]
                 row = run_arm(arm, item, server, runtime, args)
+                texts = row.pop("texts")
                 row = {"quant": quant, "arm": arm, "id": item.id, "gold": item.gold, "answer": row["answer"],
                        "correct": answers_match(row["answer"], item.gold), "seconds": round(row["seconds"], 3),
                        **{key: value for key, value in row.items() if key not in ("answer", "seconds")},
                        "load_before": round(load_before, 2), "position": k}
                 append(args.out, row)
+                if args.texts is not None:
+                    append(args.texts, {"quant": quant, "arm": arm, "id": item.id, "texts": texts})
                 done.add((quant, arm, item.id))
                 print(f"{quant} q{item.id:<3d} {arm:>12}: {row['answer']!s:>10} {'ok' if row['correct'] else '--'} "
                       f"{row['seconds']:7.1f} s {row['tokens']:6d} tok {row['paths']} paths "
@@ -570,6 +577,8 @@ def parse_args() -> argparse.Namespace:
                     help="another GGUF instead of the evaluation model (a smoke run); --quants is then ignored")
     ap.add_argument("--peer", type=Path, default=PEER, help="llama-server (scripts/build_peer.sh builds it)")
     ap.add_argument("--out", type=Path, default=OUT, help="JSONL of rows, appended to and resumed from")
+    ap.add_argument("--texts", type=Path, default=None,
+                    help="also append each row's path texts to this JSONL (kept apart: some MB for a full run)")
     ap.add_argument("--summary", action="store_true", help="only print the table of what --out holds")
     args = ap.parse_args()
     args.arms = [arm for arm in ARMS if arm in args.arms]  # their rotation starts in this order
