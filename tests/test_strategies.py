@@ -7,7 +7,7 @@ text, budgets, votes, early stopping), not accuracy; accuracy is measured by
 
 import pytest
 
-from edgesrm.answers import vote
+from edgesrm.answers import extract_answer, normalize, vote
 from edgesrm.budget import Budget, Deadline
 from edgesrm.chat import ChatFormat
 from edgesrm.engine import SamplingParams
@@ -106,6 +106,26 @@ def test_a_marker_written_as_a_heading_waits_for_the_answer_below_it(rt):
     path = runner.result(seq)
     assert path.finish_reason == "answered" and path.answer_complete
     assert (path.answer_text, path.answer) == ("\\boxed{22}", "22")
+
+
+@pytest.mark.parametrize("line, answer", [
+    ("John is 465 miles from home at the end of those 4 hours.", "465"),  # the evaluation model's words
+    ("The profit from the jewelry would be $125, and from the gadgets $96.", "125"),
+    ("It will take Carlos \\boxed{13} years.", "13"),
+    ("The total is 5 * 3 = 15 dollars.", "15"),
+])
+def test_the_answer_line_is_read_as_the_extractor_reads_it_in_the_whole_text(rt, line, answer):
+    # The path's answer is the one extract_answer finds in the path's text, what a client voting on
+    # llama-server's texts would count; not the line's last number ("4" hours above).
+    t = task(rt, SHEEP)
+    runner = PathRunner(t, t.start(t.prompt()))
+    seq = runner.add(t.sampling, 200)
+    runner.force(seq, "Some reasoning.\n")
+    runner.start_answer(seq)
+    runner.force(seq, f" {line}\n")
+    runner.run()
+    path = runner.result(seq)
+    assert path.answer == answer == normalize(extract_answer(seq.text))
 
 
 def test_at_its_token_cap_a_path_ends_its_line_before_the_marker_is_forced(rt):
