@@ -76,6 +76,7 @@ import contextlib
 import http.client
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -361,6 +362,8 @@ def run(args: argparse.Namespace) -> None:
     append(args.out, {"run": "start", "at": started, "load": before, "settings": settings(files, args.arms, args)})
     print(f"load average {before[0]:.2f} {before[1]:.2f} {before[2]:.2f}; writing {args.out}", file=sys.stderr)
     finished = False
+    # `kill` (SIGTERM) ends the run like Ctrl-C: the servers stop and the "end" line is written.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         for quant, model in files.items():
             run_quant(quant, model, items, args.arms, done, args)
