@@ -152,6 +152,14 @@ def test_at_its_token_cap_a_path_ends_its_line_before_the_marker_is_forced(rt):
     assert path.reasoning_ended == "tokens" and path.tokens + path.forced_tokens <= 100
 
 
+def test_path_seeds_follow_llama_servers_n_completions(rt):
+    # llama-server seeds the n completions of one request seed, seed + 1, ... (server-task.h,
+    # add_child); the same seeds let benchmarks/sc_vs_llama_server.py pair the two sides' paths.
+    assert [task(rt, SHEEP, seed=41).path_sampling(i).seed for i in range(4)] == [41, 42, 43, 44]
+    assert task(rt, SHEEP, seed=2**32 - 2).path_sampling(1).seed == 0  # wraps within the seed range
+    assert task(rt, SHEEP, seed=None).path_sampling(1).seed is None  # random seeds stay random
+
+
 def test_direct_answers_without_reasoning(rt):
     result = rt.ask(SHEEP, strategy="direct", seed=1)
     assert result.text.startswith("Final answer:")

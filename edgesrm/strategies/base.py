@@ -136,9 +136,10 @@ class Task:
         return self.engine.start(self.engine.tokenize_prompt(prompt.pieces))
 
     def path_sampling(self, i: int) -> SamplingParams:
-        """Sampling for path ``i``: distinct, reproducible seeds from the task's seed."""
+        """Sampling for path ``i``: the task's seed plus ``i``, as llama-server seeds the ``n``
+        completions of one request, so one seed draws the same paths on both."""
         seed = self.sampling.seed
-        return self.sampling.with_seed(None if seed is None else (seed + 7919 * i) % (2**32 - 1))
+        return self.sampling.with_seed(None if seed is None else (seed + i) % (2**32 - 1))
 
 
 @dataclass
