@@ -276,10 +276,14 @@ def server_args(model: Path, args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(peer=args.peer, model=model, parallel=PATHS, ctx=args.ctx, threads=args.threads)
 
 
-def pending(quant: str, items: list[Item], arms: list[str], done: set[tuple]) -> list[tuple[int, Item, list[str]]]:
-    """(position, question, its arms not yet measured, in the rotated order) for each question."""
+def pending(quant: str, items: list[Item], arms: list[str], done: set[tuple],
+            first: int = 0) -> list[tuple[int, Item, list[str]]]:
+    """(position, question, its arms not yet measured, in the rotated order) for each question
+    from position ``first`` on."""
     out = []
     for k, item in enumerate(items):
+        if k < first:
+            continue
         todo = [arm for arm in rotated(arms, k) if (quant, arm, item.id) not in done]
         if todo:
             out.append((k, item, todo))
@@ -288,7 +292,7 @@ def pending(quant: str, items: list[Item], arms: list[str], done: set[tuple]) ->
 
 def run_quant(quant: str, model: Path, items: list[Item], arms: list[str], done: set[tuple],
               args: argparse.Namespace) -> None:
-    work = pending(quant, items, arms, done)
+    work = pending(quant, items, arms, done, args.first)
     if not work:
         print(f"{quant}: all {len(items)} questions done for {', '.join(arms)}", file=sys.stderr)
         return
@@ -341,7 +345,8 @@ def edgesrm_runtime(wanted: bool, model: Path, args: argparse.Namespace) -> Cont
 
 
 def settings(files: dict[str, Path], arms: list[str], args: argparse.Namespace) -> dict:
-    return {"models": {q: str(p) for q, p in files.items()}, "arms": arms, "limit": args.limit, "seed": args.seed,
+    return {"models": {q: str(p) for q, p in files.items()}, "arms": arms, "limit": args.limit, "first": args.first,
+            "seed": args.seed,
             "max_tokens": args.max_tokens, "paths": PATHS, "temperature": TEMPERATURE, **SAMPLING,
             "threads": args.threads, "ctx": args.ctx, "cache_prompt": args.cache_prompt,
             "peer": str(args.peer), "peer_version": peer_version(args.peer) if LLAMA in arms else None,
@@ -568,6 +573,8 @@ def replay_table(quant: str, rows: list[dict]) -> list[str]:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=50, help="GSM8K test questions (the first LIMIT)")
+    ap.add_argument("--first", type=int, default=0,
+                    help="start at this question (0-based; arms keep the rotation of a whole run)")
     ap.add_argument("--quants", nargs="+", default=list(QUANTS),
                     help="Q4_K_M (the evaluation model as shipped) and/or types to requantize it to")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="a subset of the arms")
