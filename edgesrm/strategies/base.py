@@ -137,7 +137,8 @@ class Task:
 
     def path_sampling(self, i: int) -> SamplingParams:
         """Sampling for path ``i``: the task's seed plus ``i``, as llama-server seeds the ``n``
-        completions of one request, so one seed draws the same paths on both."""
+        completions of one request, so that one seed gives both the same random draws (their
+        texts still part where batch layouts reorder near-tied tokens)."""
         seed = self.sampling.seed
         return self.sampling.with_seed(None if seed is None else (seed + i) % (2**32 - 1))
 
