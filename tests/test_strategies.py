@@ -128,6 +128,21 @@ def test_the_answer_line_is_read_as_the_extractor_reads_it_in_the_whole_text(rt,
     assert path.answer == answer == normalize(extract_answer(seq.text))
 
 
+def test_a_thinking_models_reply_without_a_marker_answers_its_last_number(rt):
+    # After </think> the answer is the whole reply, read as any reply is: its last number when it
+    # has no marker or boxed answer (the one-line reading above is for the answer line only).
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "<|im_start|>assistant\n<think>\n")
+    t = task(rt, SHEEP, chat=ChatFormat(template))
+    runner = PathRunner(t, t.start(t.prompt()))
+    seq = runner.add(t.sampling, 200)
+    runner.force(seq, "Some thinking.\n")
+    runner.start_answer(seq)
+    runner.force(seq, "\n\nShe sells 9 eggs at $2 each, making $18 a day.")
+    path = runner.result(seq)
+    assert path.answer == "18"
+
+
 def test_at_its_token_cap_a_path_ends_its_line_before_the_marker_is_forced(rt):
     # The evaluation model's paths were forced to answer mid-line, "= 575" of 57500, and answered 575.
     t = task(rt, ESSAY)

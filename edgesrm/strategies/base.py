@@ -476,10 +476,13 @@ class PathRunner:
                 answer_text = seq.text[start:].strip()
         else:  # never reached its answer (ended early, or stopped by the deadline)
             answer_text, reasoning = "", seq.text
-        # The line is read as the extractor reads a marker's line (a boxed answer or a marker in it
-        # wins, else the line itself), not by its last number: "John is 465 miles from home at the
-        # end of those 4 hours." answers 465, as extract_answer on the whole text says.
-        extracted = (extract_answer(answer_text, last_number=False) or answer_text) if answer_text else None
+        if self.whole_reply:  # a reply (after </think>): read as extract_answer reads any reply
+            extracted = extract_answer(answer_text) if answer_text else None
+        else:
+            # The line is read as the extractor reads a marker's line (a boxed answer or a marker in
+            # it wins, else the line itself), not by its last number: "John is 465 miles from home
+            # at the end of those 4 hours." answers 465, as extract_answer on the whole text says.
+            extracted = (extract_answer(answer_text, last_number=False) or answer_text) if answer_text else None
         if extracted is None:
             extracted = extract_answer(seq.text)
         return PathResult(
