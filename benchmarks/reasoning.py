@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -85,7 +86,17 @@ def run_config(rt, config: str, question: str, seed: int, args) -> dict:
     result = run_strategy(strategy, task)
     return {"answer": result.extracted, "seconds": time.perf_counter() - started,
             "tokens": result.completion_tokens, "missed": result.deadline_missed,
-            "paths": [[p.answer, p.tokens, p.finish_reason] for p in result.paths]}
+            "paths": [path_record(p, logprobs=config == "sc-batched") for p in result.paths]}
+
+
+def path_record(p, logprobs: bool) -> list:
+    """[answer, sampled tokens, finish reason, whether it voted] and, with ``logprobs``, the
+    log-probability of each of its tokens (3 decimals; null where forced), which
+    ``benchmarks/deepconf.py`` replays DeepConf's weighting and pruning on."""
+    record = [p.answer, p.tokens, p.finish_reason, p.vote > 0]
+    if logprobs:
+        record.append([None if lp is None or math.isnan(lp) else round(lp, 3) for lp in p.logprobs])
+    return record
 
 
 def replay_early_stopping(paths: list[list], confidence: float = STOP_CONFIDENCE) -> tuple[str | None, int]:
@@ -93,13 +104,32 @@ def replay_early_stopping(paths: list[list], confidence: float = STOP_CONFIDENCE
     index order (as adaptive consistency is evaluated): the answer it stops on and the
     tokens of the paths it consumed. Free of the sampling noise between two real runs."""
     answers, tokens = [], 0
-    for i, (answer, n_tokens, _reason) in enumerate(paths):
-        answers.append(answer)
+    for i, (answer, n_tokens, *rest) in enumerate(paths):
+        voted = rest[1] if len(rest) > 1 else answer is not None  # older rows did not record it
+        answers.append(answer if voted else None)
         tokens += n_tokens
         _, tally = vote(answers)
         if vote_decided(tally, tally, len(paths) - i - 1, confidence):
             break
     return vote(answers)[0], tokens
+
+
+def write_sc_calibration(rows: list[dict], out: Path, source: str) -> None:
+    """``edgesrm/data/sc_calibration.json`` from sc-batched rows: per question its paths as
+    [answer class (in order of first appearance; null: did not vote), sampled tokens]."""
+    questions = []
+    for r in sorted((r for r in rows if r["config"] == "sc-batched"), key=lambda r: r["id"]):
+        classes: dict[str, int] = {}
+        paths = []
+        for answer, tokens, *rest in r["paths"]:
+            voted = rest[1] if len(rest) > 1 else answer is not None
+            paths.append([classes.setdefault(answer, len(classes)) if voted else None, tokens])
+        questions.append(paths)
+    about = ("Self-consistency paths replayed by edgesrm.strategies.early_stopping to predict the wall time "
+             "of a launch policy. Each question: its paths as [answer class (null: did not vote), tokens], in "
+             f"launch order. Source: {source}.")
+    out.write_text(json.dumps({"about": about, "questions": questions}, separators=(",", ":")) + "\n")
+    print(f"wrote {out} ({len(questions)} questions)")
 
 
 def summarize(rows: list[dict], quant: str, seq_ids: set[int]) -> None:
@@ -158,6 +188,9 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reasoning")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--write-sc-calibration", action="store_true",
+                        help="write edgesrm/data/sc_calibration.json (the launch policy's replay data) from "
+                             "this run's sc-batched rows (one quant; meant for the train set)")
     args = parser.parse_args()
 
     shipped = args.model or eval_model()
@@ -187,6 +220,11 @@ def main() -> None:
                     print(f"{path.stem} q{item.id:3d} {config:>14} {row['seconds']:7.1f} s {row['tokens']:5d} tok "
                           f"{'ok' if row['correct'] else '--'}", flush=True)
         summarize(rows, path.stem, seq_ids)
+        if args.write_sc_calibration:
+            write_sc_calibration(rows, ROOT / "edgesrm" / "data" / "sc_calibration.json",
+                                 f"edgesrm sc -n {args.n} --no-early-stop on {dataset.parent.name}/{dataset.name} questions 0-{len(items) - 1}, "
+                                 f"{path.name}, temperature {args.temperature}, {args.max_tokens} tokens per path "
+                                 f"(benchmarks/results/reasoning/{log.name})")
 
 
 if __name__ == "__main__":

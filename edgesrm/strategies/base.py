@@ -160,6 +160,9 @@ class PathResult:
     vote: float = 0.0  # the weight it had in the vote (0: did not vote)
     reasoning_ended: str = ""  # what ended its reasoning: model, tokens, deadline ("": it never ended)
     answer_complete: bool = False  # its answer ended (line written, or the reply ended), not cut off
+    # Log-probability of each token of the path, in order: None for a token the strategy forced,
+    # NaN where none was measured. Not in ``Result.to_dict`` (one number per token; NaN is not JSON).
+    logprobs: list[float | None] = field(default_factory=list, repr=False)
 
     @property
     def cut(self) -> bool:
@@ -200,7 +203,10 @@ class Result:
         return self.completion_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"tokens_per_s": round(self.tokens_per_s, 2)}
+        out = asdict(self) | {"tokens_per_s": round(self.tokens_per_s, 2)}
+        for path in out["paths"]:
+            del path["logprobs"]
+        return out
 
     def ending(self) -> str:
         """What ended the paths, for a stats line: ``ended by eos``, ``reasoning cut by the deadline,
@@ -498,6 +504,7 @@ class PathRunner:
             finish_reason=seq.finish_reason or ("paused" if seq.paused else "running"),
             reasoning_ended=self._ended_by.get(seq.index, ""),
             answer_complete=self._answer_complete(seq),
+            logprobs=list(seq.logprobs),
         )
 
     def _on_text(self, seq: Sequence, _delta: str) -> None:

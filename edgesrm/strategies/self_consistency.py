@@ -34,6 +34,10 @@ from .early_stopping import (  # noqa: F401 (the rules' names, as sc's)
 
 GROUP = 32  # tokens per group for DeepConf's sliding-window confidence
 WARMUP = 4  # DeepConf: finished paths needed before running ones can be judged against them
+# DeepConf: a running path is pruned when its last GROUP tokens are less confident than this
+# percentile of the finished paths' lowest group confidences (10: DeepConf-high, which keeps
+# about 90% of paths; 90: DeepConf-low). benchmarks/deepconf.py replays the choice on recorded paths.
+PRUNE_PERCENTILE = 10.0
 
 
 def lowest_group_confidence(logprobs: list[float | None], group: int = GROUP) -> float | None:
@@ -112,11 +116,11 @@ def run(task: Task) -> Result:
 
     def prune_unconfident() -> bool:
         """DeepConf: drop running paths whose last GROUP tokens are less confident than
-        nearly all finished paths; whether any was dropped."""
+        PRUNE_PERCENTILE of the finished paths; whether any was dropped."""
         finished_conf = [c for c in group_confidence.values() if c is not None]
         if len(finished_conf) < min(WARMUP, max(2, n // 2)):  # warm-up: too few finished paths
             return False
-        threshold = float(np.percentile(finished_conf, 10))
+        threshold = float(np.percentile(finished_conf, PRUNE_PERCENTILE))
         pruned = False
         for seq in running():
             recent = [lp for lp in seq.logprobs[-GROUP:] if lp is not None and not math.isnan(lp)]
