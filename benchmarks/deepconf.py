@@ -170,13 +170,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rows", type=Path, help="a benchmarks/reasoning.py rows file with sc-batched rows")
     parser.add_argument("--launch", type=parse_launch, action="append",
-                        help="launch policy to replay, repeatable (default: 8 and 4,dissent)")
+                        help="launch policy to replay, repeatable (default: 8, 4 and 4,dissent)")
     args = parser.parse_args()
     questions = load(args.rows)
     n = len(questions[0][1])
     full, full_tokens = measure(questions, Setting(False, False, None, Launch(n)))
     print(f"{len(questions)} questions, {n} paths each; unweighted full vote: {full:.1f}%, {full_tokens:.0f} tokens")
-    for launch in args.launch or [Launch(8), Launch(4, all_on_dissent=True)]:
+    for launch in args.launch or [Launch(8), Launch(4), Launch(4, all_on_dissent=True)]:
         print(f"\nlaunch {launch}")
         print(f"{'setting':>52} {'accuracy':>9} {'change':>7} {'tokens':>7}")
         settings = [Setting(False, True, None, launch), Setting(True, False, None, launch),
