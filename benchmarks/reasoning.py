@@ -99,15 +99,20 @@ def path_record(p, logprobs: bool) -> list:
     return record
 
 
+def voted(record: list) -> bool:
+    """Whether a recorded path voted: its 4th field, or in older rows, which did not record it,
+    whether it has an answer (as the replay below counted them when the threshold was chosen)."""
+    return bool(record[3]) if len(record) > 3 else record[0] is not None
+
+
 def replay_early_stopping(paths: list[list], confidence: float = STOP_CONFIDENCE) -> tuple[str | None, int]:
     """The early-stopping rule replayed on already sampled paths, taken one at a time in
     index order (as adaptive consistency is evaluated): the answer it stops on and the
     tokens of the paths it consumed. Free of the sampling noise between two real runs."""
     answers, tokens = [], 0
-    for i, (answer, n_tokens, *rest) in enumerate(paths):
-        voted = rest[1] if len(rest) > 1 else answer is not None  # older rows did not record it
-        answers.append(answer if voted else None)
-        tokens += n_tokens
+    for i, record in enumerate(paths):
+        answers.append(record[0] if voted(record) else None)
+        tokens += record[1]
         _, tally = vote(answers)
         if vote_decided(tally, tally, len(paths) - i - 1, confidence):
             break
@@ -121,9 +126,8 @@ def write_sc_calibration(rows: list[dict], out: Path, source: str) -> None:
     for r in sorted((r for r in rows if r["config"] == "sc-batched"), key=lambda r: r["id"]):
         classes: dict[str, int] = {}
         paths = []
-        for answer, tokens, *rest in r["paths"]:
-            voted = rest[1] if len(rest) > 1 else answer is not None
-            paths.append([classes.setdefault(answer, len(classes)) if voted else None, tokens])
+        for record in r["paths"]:
+            paths.append([classes.setdefault(record[0], len(classes)) if voted(record) else None, record[1]])
         questions.append(paths)
     about = ("Self-consistency paths replayed by edgesrm.strategies.early_stopping to predict the wall time "
              "of a launch policy. Each question: its paths as [answer class (null: did not vote), tokens], in "
