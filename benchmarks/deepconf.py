@@ -134,11 +134,18 @@ def load(path: Path) -> list[tuple[str, list[RecordedPath]]]:
     """(gold answer, recorded paths) of each sc-batched row with per-token log-probabilities.
     Raises ``SystemExit`` if there is none."""
     questions = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if row["config"] != "sc-batched" or not all(len(p) >= 5 for p in row["paths"]):
-            continue
-        questions.append((row["gold"], [RecordedPath(p[0], bool(p[3]), tuple(p[4])) for p in row["paths"]]))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot be read ({exc.strerror if isinstance(exc, OSError) else exc})") from None
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if row["config"] != "sc-batched" or not all(len(p) >= 5 for p in row["paths"]):
+                continue
+            questions.append((row["gold"], [RecordedPath(p[0], bool(p[3]), tuple(p[4])) for p in row["paths"]]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise SystemExit(f"{path}:{number}: not a row of benchmarks/reasoning.py") from None
     if not questions:
         raise SystemExit(f"{path}: no sc-batched rows with per-token log-probabilities "
                          "(recorded by benchmarks/reasoning.py since 2026-12-02)")

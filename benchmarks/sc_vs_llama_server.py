@@ -82,7 +82,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import ContextManager
 
@@ -154,12 +154,18 @@ def read_lines(path: Path) -> list[dict]:
     """Every JSON line of ``path``; a line cut short by an interrupted write is skipped."""
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        sys.exit(f"{path}: cannot be read ({exc.strerror if isinstance(exc, OSError) else exc})")
     lines = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
-            lines.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            lines.append(record)
     return lines
 
 
@@ -570,10 +576,19 @@ def replay_table(quant: str, rows: list[dict]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of ``least`` or more."""
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {least} or more")
+        return int(text)
+    return parse
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=50, help="GSM8K test questions (the first LIMIT)")
-    ap.add_argument("--first", type=int, default=0,
+    ap.add_argument("--limit", type=at_least(1), default=50, help="GSM8K test questions (the first LIMIT)")
+    ap.add_argument("--first", type=at_least(0), default=0,
                     help="start at this question (0-based; arms keep the rotation of a whole run)")
     ap.add_argument("--quants", nargs="+", default=list(QUANTS),
                     help="Q4_K_M (the evaluation model as shipped) and/or types to requantize it to")
@@ -599,10 +614,15 @@ def main() -> None:
     args = parse_args()
     if not args.summary:
         run(args)
+    if args.summary and not args.out.exists():
+        sys.exit(f"{args.out}: no such file")
     lines = read_lines(args.out)
     if not measured(lines):
         sys.exit(f"{args.out} holds no rows")
-    print(summary(lines))
+    try:
+        print(summary(lines))
+    except (KeyError, TypeError, ValueError) as exc:
+        sys.exit(f"{args.out}: a row lacks what this benchmark writes ({exc!r})")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ tensor-data extent here turns that into one clear sentence.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -325,15 +326,19 @@ def _save_cached_header(key: tuple[str, int, int], header: GGUFHeader) -> None:
         pass
 
 
-def write_cache_file(path: Path, text: str) -> None:
-    """Write a cache file atomically; a cache that cannot be written is simply not kept."""
+def write_cache_file(path: Path, text: str) -> bool:
+    """Write a cache file atomically; a cache that cannot be written is simply not kept.
+    Whether it was written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the cache's parent is a file: nothing was written
+            tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 class _NeedMore(Exception):

@@ -22,6 +22,7 @@ from .models import resolve_model, training_context
 from . import speed
 from .strategies import STRATEGIES, Result, Task, run_strategy
 from .strategies.base import StreamCallback
+from .strategies.self_consistency import launch_policy, paths_wanted
 
 if TYPE_CHECKING:
     from .session import ChatSession
@@ -210,11 +211,13 @@ class Runtime:
         slots = min(n, self.engine.config.max_sequences) if strategy in ("sc", "auto") else 1
         per_path = max_tokens if budget.max_tokens is None else max(1, min(max_tokens, budget.max_tokens // slots))
         with self._request(slots, per_path, cancel):
-            if (strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None)
-                    or strategy == "sc" and early_stop):
-                measuring = time.perf_counter()
-                speed.profile(self.engine, n)  # measured once per model and machine, not charged to the deadline
-                task.deadline.start += time.perf_counter() - measuring
+            # Measured once per model and machine, and planned (cached), not charged to the deadline.
+            measuring = time.perf_counter()
+            if strategy == "sc" and early_stop:
+                launch_policy(task, min(paths_wanted(task), self.engine.max_parallel))
+            elif strategy == "auto" and (budget.deadline_s is not None or budget.max_tokens is not None):
+                speed.profile(self.engine, n)
+            task.deadline.start += time.perf_counter() - measuring
             result = run_strategy(strategy, task)
         result.notes[:0] = getattr(self, "memory_notes", [])  # what the memory plan gave up (load)
         if budget.memory_mb is not None:

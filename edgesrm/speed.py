@@ -25,7 +25,12 @@ from .models import write_cache_file
 
 PROBE_STEPS = 12  # decode steps per measurement
 ROUNDS = 2  # measurements per width; the fastest is kept
+MIN_SPEED = 1e-3  # tokens/s: a cached speed below this is not a measurement (5e-324 made steps take forever)
+MAX_WIDTH = 1 << 16  # sequences: a cached width above this is not one either
 log = logging.getLogger("edgesrm")  # the CLI shows its INFO messages on stderr
+# Speeds this process measured but could not write to the cache (by cache file and key): the
+# strategy asks for the profile again after the runtime did, and must not measure twice.
+_unsaved: dict[tuple[str, str], dict[int, float]] = {}
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,10 @@ class SpeedProfile:
     tokens_per_s: dict[int, float]  # batch width (sequences per step) -> aggregate tokens/s
 
     def __post_init__(self) -> None:
-        if not self.tokens_per_s or any(w < 1 or s <= 0 for w, s in self.tokens_per_s.items()):
-            raise ValueError(f"a speed profile needs positive speeds at widths >= 1, got {self.tokens_per_s}")
+        if not self.tokens_per_s or any(not 1 <= w <= MAX_WIDTH or not MIN_SPEED <= s < math.inf
+                                        for w, s in self.tokens_per_s.items()):
+            raise ValueError(f"a speed profile needs speeds of {MIN_SPEED:g} tokens/s or more, finite, at "
+                             f"widths 1 to {MAX_WIDTH}; got {self.tokens_per_s}")
 
     def step_s(self, width: int) -> float:
         """Seconds one decode step takes with ``width`` sequences."""
@@ -88,15 +95,19 @@ def profile(engine: Engine, n: int, widths: Iterable[int] | None = None) -> Spee
     40 s for a 1.5B one at widths 1, 2, 4 and 8 on 2 cores)."""
     n = max(1, min(n, engine.max_parallel))
     wanted = sorted({w for w in (widths or profile_widths(n)) if 1 <= w <= n})
-    known = _valid(_read_table().get(_key(engine)))
+    file = cache_dir() / "speed.json"
+    unsaved = _unsaved.get((str(file), _key(engine)), {})
+    known = {**unsaved, **_valid(_read_table().get(_key(engine)))}
     missing = [w for w in wanted if w not in known]
     if missing:
-        file = cache_dir() / "speed.json"
         log.info(f"measuring {engine.model_path.name}'s decode speed with {', '.join(map(str, missing))} "
                  f"sequences at once on this machine, once (cached in {file})")
         measured = measure_widths(engine, missing)
         log.info("tokens/s: " + ", ".join(f"{measured[w]:.1f} with {w}" for w in missing))
-        known = {**known, **_valid(remember(engine, measured))}
+        entry, saved = _remember(engine.model_path, engine.n_threads, measured)
+        if not saved:
+            _unsaved[(str(file), _key(engine))] = {**unsaved, **_valid(entry)}
+        known = {**known, **_valid(entry)}
     return SpeedProfile({w: known[w] for w in wanted})
 
 
@@ -117,7 +128,10 @@ def _valid(entry: object) -> dict[int, float]:
         return {}
     speeds = {}
     for w, s in entry.items():
-        if str(w).isdigit() and int(w) >= 1 and isinstance(s, (int, float)) and math.isfinite(s) and s > 0:
+        w = str(w)
+        if not (w.isascii() and w.isdigit() and 1 <= int(w) <= MAX_WIDTH):  # ("²".isdigit(), but int("²") fails)
+            continue
+        if isinstance(s, (int, float)) and not isinstance(s, bool) and MIN_SPEED <= s < math.inf:
             speeds[int(w)] = float(s)
     return speeds
 
@@ -138,15 +152,19 @@ def remember(engine: Engine, speeds: dict[int, float]) -> dict[str, float]:
 def remember_file(path: Path, threads: int, speeds: dict[int, float]) -> dict[str, float]:
     """Add ``speeds`` to the cached profile of the model file ``path`` run with ``threads`` threads
     (the file is re-read first: another process may have added widths); the entry as it now is."""
-    file = cache_dir() / "speed.json"
+    return _remember(path, threads, speeds)[0]
+
+
+def _remember(path: Path, threads: int, speeds: dict[int, float]) -> tuple[dict[str, float], bool]:
+    """``remember_file``, and whether the cache could be written."""
     table = _read_table()
     key = profile_key(path, threads)
     known = table.get(key)
     known = known if isinstance(known, dict) else {}
     known.update({str(w): round(s, 2) for w, s in speeds.items()})
     table[key] = known
-    write_cache_file(file, json.dumps(table, indent=1))  # a read-only cache: measured again next time
-    return known
+    saved = write_cache_file(cache_dir() / "speed.json", json.dumps(table, indent=1))
+    return known, saved  # not saved (a read-only cache): measured again by the next process
 
 
 def measure_speed(engine: Engine, n: int) -> float:

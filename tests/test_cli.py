@@ -157,3 +157,16 @@ def test_llama_cpp_load_errors_are_passed_on_in_one_line(tmp_path):
     writer.close()
     proc = edgesrm("ask", "--model", str(path), "hi")
     assert_one_line_error(proc, "cannot load", "alienformer")
+
+
+def test_notes_start_their_own_line_after_the_streamed_reply(tmp_path):
+    # On a terminal, stdout and stderr share lines: a note must not go on from the streamed text.
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgesrm", "ask", "-s", "sc", "-n", "4", "--budget-tokens", "1", "--seed", "1",
+         "What is 2 + 2?"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        env={**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("note: sc: 1 paths instead of 4") for line in lines), proc.stdout
+    assert all(line.startswith("note: ") for line in lines if "note: " in line), proc.stdout

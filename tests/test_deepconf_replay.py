@@ -81,3 +81,13 @@ def test_launch_policies_parse_and_bad_ones_are_refused():
     for bad in ("0", "x", "4,wide", ""):
         with pytest.raises(Exception, match="not a launch policy"):
             deepconf.parse_launch(bad)
+
+
+@pytest.mark.parametrize("content", [b"garbage{\n", b'"arm"\n', b'{"a": 1}\n', b"\xff\xfe\n", b""])
+def test_a_file_that_is_not_reasonings_rows_is_one_clear_error(tmp_path, content):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(content)
+    for path in (rows, tmp_path / "missing.jsonl", tmp_path):
+        with pytest.raises(SystemExit) as exc:
+            deepconf.load(path)
+        assert isinstance(exc.value.code, str) and str(path) in exc.value.code and "\n" not in exc.value.code

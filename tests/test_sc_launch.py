@@ -9,7 +9,8 @@ import pytest
 from edgesrm import speed
 from edgesrm.runtime import load
 from edgesrm.speed import SpeedProfile
-from edgesrm.strategies.early_stopping import STOP_CONFIDENCE, TIME_TIE, Launch, choose_launch, first_paths, launches, predict, replay
+from edgesrm.strategies.early_stopping import (EVERY_WIDTH_UP_TO, STOP_CONFIDENCE, TIME_TIE, Launch, choose_launch,
+                                               first_paths, launches, predict, replay)
 
 WIDTHS = (1, 2, 4, 8, 16)
 FREE = SpeedProfile({w: 100.0 * w for w in WIDTHS})  # a step costs the same at any width
@@ -31,6 +32,24 @@ def test_profile_interpolates_step_time_between_measured_widths():
         SpeedProfile({})
     with pytest.raises(ValueError):
         SpeedProfile({0: 5.0})
+
+
+def test_a_hand_edited_cache_keeps_only_what_could_be_a_measurement():
+    entry = {"1": 30.0, "²": 100.0, "2": 5e-324, "4": True, "8": float("inf"), "99999999999": 10.0, "16": 40}
+    assert speed._valid(entry) == {1: 30.0, 16: 40.0}  # ("²".isdigit(); 5e-324 tok/s made a step last forever)
+    for speeds in ({1: 5e-324}, {1: float("inf")}, {1 << 20: 10.0}):
+        with pytest.raises(ValueError):
+            SpeedProfile(speeds)
+
+
+def test_many_paths_consider_every_small_width_then_powers_of_two():
+    widths = sorted({launch.width for launch in launches(255, STOP_CONFIDENCE)})
+    assert widths == list(range(first_paths(255), EVERY_WIDTH_UP_TO + 1)) + [32, 64, 128, 255]
+    # Up to EVERY_WIDTH_UP_TO paths, every first width is still considered.
+    assert sorted({launch.width for launch in launches(16, STOP_CONFIDENCE)}) == list(range(first_paths(16), 17))
+    # (the calibration's 8 paths per question recur past 8: 32 at once end as soon as 64 would)
+    assert choose_launch(SpeedProfile({w: 100.0 * w for w in (1, 8, 64)}), 64, STOP_CONFIDENCE).width >= 32
+    assert choose_launch(NO_GAIN, 64, STOP_CONFIDENCE).width < 8
 
 
 def test_wide_when_batching_is_free_waves_when_it_gains_nothing():
@@ -101,6 +120,17 @@ def test_a_damaged_profile_cache_is_measured_again(engine, tmp_path, monkeypatch
         assert sorted(p.tokens_per_s) == [1, 2] and all(s > 0 for s in p.tokens_per_s.values())
 
 
+def test_an_unwritable_cache_is_measured_once_per_process(engine, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache's folder cannot be made
+    monkeypatch.setattr(speed, "_unsaved", {})
+    first = speed.profile(engine, 2)  # measured, and the failed write is no error
+    steps = engine._n_decodes
+    assert speed.profile(engine, 2) == first and engine._n_decodes == steps  # not measured again
+    assert not blocker.read_text()
+
+
 @pytest.fixture(scope="module")
 def rt(model_path):
     """A runtime whose texts depend only on the question and seed (no prefix cache)."""
@@ -149,3 +179,22 @@ def test_sc_refill_keeps_the_width_without_bursting(rt, tmp_path, monkeypatch):
     result = rt.ask(PENS, strategy="sc", n=8, seed=1, temperature=1.3, max_tokens=96)
     assert next(iter(result.batch_widths)) == 4
     assert len(result.paths) == 8 and max(result.batch_widths) == 4  # all 8 ran, 4 at a time
+
+
+def test_steps_that_decode_nothing_are_no_batch_width(rt, tmp_path, monkeypatch):
+    # With one token per path, the token is sampled from the prompt's logits: no decode step runs.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    speed.remember(rt.engine, FREE.tokens_per_s)
+    for strategy, n in (("sc", 3), ("cot", 1)):
+        result = rt.ask(SHEEP, strategy=strategy, n=n, seed=1, max_tokens=1)
+        assert 0 not in result.batch_widths and all(p.tokens <= 1 for p in result.paths)
+
+
+def test_a_deadline_gone_before_any_path_says_so(rt, tmp_path, monkeypatch):
+    from edgesrm.budget import Budget
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    speed.remember(rt.engine, FREE.tokens_per_s)
+    result = rt.ask(SHEEP, strategy="sc", n=8, seed=1, budget=Budget(deadline_s=1e-6))
+    assert not result.paths and result.deadline_missed and result.ending() == "no path run"
+    assert any("8 of the 8 paths were not run" in note for note in result.notes), result.notes
+    assert any("before any path decoded a token" in note for note in result.notes), result.notes

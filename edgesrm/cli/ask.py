@@ -99,15 +99,17 @@ def ask(question: str, model: str | None, strategy: str, n_paths: int, budget_to
                         temperature=temperature, top_p=top_p, seed=seed, system=system, early_stop=not no_early_stop,
                         weighted=weighted, waits=waits, on_text=None if as_json else stream,
                         chat_template_kwargs=template_kwargs, parse_special=parse_special)
-    for note in result.notes:
-        click.echo(f"note: {note}", err=True)
     if as_json:
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
     if result.answer:
         click.echo("")  # the answer itself has streamed
     else:
         click.echo(("\n\n" if stream.shown == "reasoning" else "") + "(no answer)")
+    for note in result.notes:  # after the streamed text's last line, not glued to it on a terminal
+        click.echo(f"note: {note}", err=True)
     if len(result.paths) > 1:
         for p in result.paths:
             cut = {"tokens": ", reasoning cut by its token cap", "deadline": ", reasoning cut by the deadline"}.get(

@@ -794,7 +794,8 @@ class Generation:
         timings.decode_s += seconds
         timings.steps += 1
         timings.decoded_tokens += tokens
-        timings.widths[width] = timings.widths.get(width, 0) + 1
+        if width:  # (a step can only sample, e.g. the prompt's own logits: no sequence decoded)
+            timings.widths[width] = timings.widths.get(width, 0) + 1
 
     def run(self) -> list[Sequence]:
         """Step until every sequence has finished; returns all sequences."""

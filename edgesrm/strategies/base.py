@@ -211,6 +211,8 @@ class Result:
     def ending(self) -> str:
         """What ended the paths, for a stats line: ``ended by eos``, ``reasoning cut by the deadline,
         ended by length``, or for several paths the count per reason and how many were cut."""
+        if not self.paths:  # e.g. the deadline passed before a path could start
+            return "no path run"
         if len(self.paths) == 1:
             p = self.paths[0]
             cut = {BY_TOKENS: "the token cap", BY_DEADLINE: "the deadline"}.get(p.reasoning_ended)
@@ -604,8 +606,9 @@ def finish(task: Task, gen: Generation, strategy: str, paths: list[PathResult], 
     engine = task.engine
     notes = list(notes or [])
     if task.deadline.missed:
-        notes.append(f"the deadline of {task.deadline.seconds:g} s was missed ({task.deadline.elapsed:.2f} s): the "
-                     f"prompt's prefill alone took {gen.timings.prefill_s:.2f} s" if not any(p.tokens for p in paths)
+        notes.append(f"the deadline of {task.deadline.seconds:g} s was missed ({task.deadline.elapsed:.2f} s) before "
+                     f"any path decoded a token (the prompt's prefill took {gen.timings.prefill_s:.2f} s)"
+                     if not any(p.tokens for p in paths)
                      else f"the deadline of {task.deadline.seconds:g} s was missed ({task.deadline.elapsed:.2f} s): "
                      "a decode step took longer than the ones before it")
     said = len(paths) == 1 and paths[0].answer is not None  # count_votes said it for a single path

@@ -54,21 +54,26 @@ def lowest_group_confidence(logprobs: list[float | None], group: int = GROUP) ->
     return float(sums.min() / group)
 
 
+def paths_wanted(task: Task) -> int:
+    """How many paths sc runs: ``task.n``, or fewer if the token budget cannot give each one a token."""
+    return task.n if task.budget.max_tokens is None else max(1, min(task.n, task.budget.max_tokens))
+
+
 def launch_policy(task: Task, n: int) -> Launch:
     """How sc launches ``n`` paths (see ``early_stopping``), from this model's speed profile on
-    this machine (measured on first use; ``Runtime.ask`` does that before the deadline starts)."""
+    this machine (measured on first use). The choice is cached, and ``Runtime.ask`` makes it
+    before the deadline starts: measuring, and choosing among many paths, take seconds."""
     return choose_launch(speed.profile(task.engine, n), n, STOP_CONFIDENCE,
                          fewest_tokens=task.budget.max_tokens is not None)
 
 
 def run(task: Task) -> Result:
     engine, early_stop, weighted = task.engine, task.early_stop, task.weighted
-    n, slots = task.n, engine.max_parallel
+    n, slots = paths_wanted(task), engine.max_parallel
     notes = []
-    if task.budget.max_tokens is not None and task.budget.max_tokens < n:
-        notes.append(f"sc: {task.budget.max_tokens} paths instead of {n}: the token budget of "
+    if n < task.n:
+        notes.append(f"sc: {n} paths instead of {task.n}: the token budget of "
                      f"{task.budget.max_tokens} gives each path at least one token")
-        n = task.budget.max_tokens
     policy = launch_policy(task, min(n, slots)) if early_stop else Launch(n)  # may measure: before the prompt
     gen = task.start(task.prompt())
     runner = PathRunner(task, gen)
@@ -92,7 +97,7 @@ def run(task: Task) -> Result:
         free = slots - len(running())
         while state["queued"] and free > 0:
             if not time_for_another_path():
-                notes.append(f"sc: {state['queued']} of the {n} paths were not run: too little time was left "
+                notes.append(f"sc: {n - len(launched)} of the {n} paths were not run: too little time was left "
                              "before the deadline")
                 state["queued"] = 0
                 return
