@@ -95,19 +95,15 @@ def profile(engine: Engine, n: int, widths: Iterable[int] | None = None) -> Spee
     40 s for a 1.5B one at widths 1, 2, 4 and 8 on 2 cores)."""
     n = max(1, min(n, engine.max_parallel))
     wanted = sorted({w for w in (widths or profile_widths(n)) if 1 <= w <= n})
-    file = cache_dir() / "speed.json"
-    unsaved = _unsaved.get((str(file), _key(engine)), {})
-    known = {**unsaved, **_valid(_read_table().get(_key(engine)))}
+    file, key = cache_dir() / "speed.json", _key(engine)
+    known = {**_unsaved.get((str(file), key), {}), **_valid(_read_table().get(key))}
     missing = [w for w in wanted if w not in known]
     if missing:
         log.info(f"measuring {engine.model_path.name}'s decode speed with {', '.join(map(str, missing))} "
                  f"sequences at once on this machine, once (cached in {file})")
         measured = measure_widths(engine, missing)
         log.info("tokens/s: " + ", ".join(f"{measured[w]:.1f} with {w}" for w in missing))
-        entry, saved = _remember(engine.model_path, engine.n_threads, measured)
-        if not saved:
-            _unsaved[(str(file), _key(engine))] = {**unsaved, **_valid(entry)}
-        known = {**known, **_valid(entry)}
+        known = {**known, **_valid(remember(engine, measured))}
     return SpeedProfile({w: known[w] for w in wanted})
 
 
@@ -151,20 +147,17 @@ def remember(engine: Engine, speeds: dict[int, float]) -> dict[str, float]:
 
 def remember_file(path: Path, threads: int, speeds: dict[int, float]) -> dict[str, float]:
     """Add ``speeds`` to the cached profile of the model file ``path`` run with ``threads`` threads
-    (the file is re-read first: another process may have added widths); the entry as it now is."""
-    return _remember(path, threads, speeds)[0]
-
-
-def _remember(path: Path, threads: int, speeds: dict[int, float]) -> tuple[dict[str, float], bool]:
-    """``remember_file``, and whether the cache could be written."""
-    table = _read_table()
+    (the file is re-read first: another process may have added widths); the entry as it now is.
+    A cache that cannot be written keeps the entry for this process only."""
+    file, table = cache_dir() / "speed.json", _read_table()
     key = profile_key(path, threads)
     known = table.get(key)
     known = known if isinstance(known, dict) else {}
     known.update({str(w): round(s, 2) for w, s in speeds.items()})
     table[key] = known
-    saved = write_cache_file(cache_dir() / "speed.json", json.dumps(table, indent=1))
-    return known, saved  # not saved (a read-only cache): measured again by the next process
+    if not write_cache_file(file, json.dumps(table, indent=1)):
+        _unsaved[(str(file), key)] = {**_unsaved.get((str(file), key), {}), **_valid(known)}
+    return known
 
 
 def measure_speed(engine: Engine, n: int) -> float:

@@ -3,6 +3,7 @@
 profile's cache, and sc runs on the embedded model whose batch widths are observed."""
 
 import json
+import time
 
 import pytest
 
@@ -198,3 +199,22 @@ def test_a_deadline_gone_before_any_path_says_so(rt, tmp_path, monkeypatch):
     assert not result.paths and result.deadline_missed and result.ending() == "no path run"
     assert any("8 of the 8 paths were not run" in note for note in result.notes), result.notes
     assert any("before any path decoded a token" in note for note in result.notes), result.notes
+
+
+def test_choosing_the_launch_is_not_charged_to_the_deadline(rt, tmp_path, monkeypatch):
+    # Choosing among many paths' launches takes seconds the first time (7 s at n = 255 on 2 cores),
+    # then its predictions are cached: a planner that is slow once stands in for it.
+    from edgesrm.budget import Budget
+    from edgesrm.strategies import self_consistency
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    speed.remember(rt.engine, FREE.tokens_per_s)
+    first = []
+
+    def slow_once(*args, **kwargs):
+        if not first:
+            first.append(time.sleep(3.0))
+        return choose_launch(*args, **kwargs)
+
+    monkeypatch.setattr(self_consistency, "choose_launch", slow_once)
+    result = rt.ask(SHEEP, strategy="sc", n=8, seed=1, max_tokens=32, budget=Budget(deadline_s=2.0))
+    assert first and result.paths and not result.deadline_missed, result.notes

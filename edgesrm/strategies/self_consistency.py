@@ -61,8 +61,8 @@ def paths_wanted(task: Task) -> int:
 
 def launch_policy(task: Task, n: int) -> Launch:
     """How sc launches ``n`` paths (see ``early_stopping``), from this model's speed profile on
-    this machine (measured on first use). The choice is cached, and ``Runtime.ask`` makes it
-    before the deadline starts: measuring, and choosing among many paths, take seconds."""
+    this machine (measured on first use). Measuring, and the first choice among many paths (its
+    predictions are cached), take seconds: ``Runtime.ask`` does both before the deadline starts."""
     return choose_launch(speed.profile(task.engine, n), n, STOP_CONFIDENCE,
                          fewest_tokens=task.budget.max_tokens is not None)
 
